@@ -1,0 +1,284 @@
+"""The `edgedf` command. Heavy imports (torch) happen inside the commands that need them, so the
+device-side commands work on an install without torch."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgedf.runtime.errors import EdgedfError
+
+app = typer.Typer(
+    name="edgedf",
+    help="Train, export and run deepfake detectors (full-precision and BitLinear ViTs) on edge devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Model presets: list them, initialise a checkpoint, smoke-check a model.")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+
+def cli_errors(fn: F) -> F:
+    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgedfError as e:
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise EdgedfError("this command needs the training extras: pip install 'edgedf[train]'") from None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+@models_app.callback(invoke_without_command=True)
+@cli_errors
+def models_list(
+    ctx: typer.Context,
+    img_size: int = typer.Option(224, "--img-size", help="Input size the sizes are computed for."),
+    num_classes: int = typer.Option(2, "--num-classes"),
+) -> None:
+    """List the presets with parameter counts and weight size in fp32 / int8 / ternary-packed MB."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _need_torch()
+    from edgedf.train.vit import PRESETS, ViTConfig, build_model, count_params, size_bytes
+
+    table = Table(title=f"ViT presets at {img_size}px, {num_classes} classes (weights only, MB = 1e6 bytes)")
+    for col in (
+        "Preset",
+        "dim",
+        "depth",
+        "heads",
+        "Params fp",
+        "Params bit",
+        "fp32 MB",
+        "int8 MB",
+        "ternary MB",
+        "fp32/ternary",
+    ):
+        table.add_column(col, justify="left" if col == "Preset" else "right")
+    for name in PRESETS:
+        try:
+            cfg = ViTConfig.from_preset(name, img_size=img_size, num_classes=num_classes)
+        except ValueError as e:
+            raise EdgedfError(str(e)) from None
+        n_fp = count_params(build_model(cfg, device="meta"))
+        cfg_bit = ViTConfig.from_preset(name, img_size=img_size, num_classes=num_classes, variant="bit")
+        n_bit = count_params(build_model(cfg_bit, device="meta"))
+        s = size_bytes(cfg)
+        table.add_row(
+            name,
+            str(cfg.dim),
+            str(cfg.depth),
+            str(cfg.heads),
+            f"{n_fp / 1e6:.2f} M",
+            f"{n_bit / 1e6:.2f} M",
+            _mb(s["fp32"]),
+            _mb(s["int8"]),
+            _mb(s["ternary"]),
+            f"{s['fp32'] / s['ternary']:.1f}x",
+        )
+    console.print(table)
+    console.print(
+        "fp: full precision (bit: BitLinear, whose blocks trade their pre-norms for one norm per "
+        "BitLinear). int8: per-channel weights. ternary: block linears at 2 bits, stem/norms/head fp32."
+    )
+
+
+def _model_config(
+    preset: str, variant: str, img_size, patch_size, num_classes, dim, depth, heads, mlp_ratio, stem, bit_norm
+):
+    from edgedf.train.vit import ViTConfig
+
+    try:
+        return ViTConfig.from_preset(
+            preset,
+            variant=variant,
+            img_size=img_size,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            stem=stem,
+            bit_norm=bit_norm,
+        )
+    except ValueError as e:
+        raise EdgedfError(str(e)) from None
+
+
+@models_app.command("init")
+@cli_errors
+def models_init(
+    preset: str = typer.Argument(..., help="vit_tiny | vit_small | vit_base"),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory to create."),
+    variant: str = typer.Option("fp", "--variant", help="fp (full precision) or bit (BitLinear, ternary)."),
+    img_size: int | None = typer.Option(None, "--img-size"),
+    patch_size: int | None = typer.Option(None, "--patch-size"),
+    num_classes: int | None = typer.Option(None, "--num-classes"),
+    dim: int | None = typer.Option(None, "--dim"),
+    depth: int | None = typer.Option(None, "--depth"),
+    heads: int | None = typer.Option(None, "--heads"),
+    mlp_ratio: float | None = typer.Option(None, "--mlp-ratio"),
+    stem: str | None = typer.Option(None, "--stem", help="patch (strided patch embedding) or conv."),
+    bit_norm: str | None = typer.Option(None, "--bit-norm", help="Norm inside BitLinear: rms or layer."),
+    init_from: Path | None = typer.Option(
+        None, "--from", help="Initialise from a timm/DeiT ViT state dict in a local .safetensors file."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Write a randomly initialised (or --from initialised) checkpoint, to try export and benchmarks."""
+    _need_torch()
+    import torch
+
+    from edgedf.train.checkpoint import init_from_file, save_checkpoint
+    from edgedf.train.vit import build_model, count_params
+
+    cfg = _model_config(
+        preset, variant, img_size, patch_size, num_classes, dim, depth, heads, mlp_ratio, stem, bit_norm
+    )
+    if out.exists() and not force:
+        raise EdgedfError(f"output path already exists: {out} (choose another --out or pass --force)")
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    meta = {"init": "random", "seed": seed}
+    if init_from is not None:
+        report = init_from_file(model, init_from)
+        console.print(report.summary(), highlight=False)
+        meta = {"init": str(init_from), "seed": seed, "loaded_tensors": len(report.loaded)}
+    save_checkpoint(model, out, meta=meta, overwrite=force)
+    console.print(
+        f"wrote {out}  ({cfg.preset}, variant {cfg.variant}, {cfg.img_size}px, "
+        f"{count_params(model) / 1e6:.2f} M params)",
+        highlight=False,
+    )
+
+
+@models_app.command("check")
+@cli_errors
+def models_check(
+    checkpoint: Path | None = typer.Argument(None, help="A checkpoint; default: fresh vit_tiny fp and bit."),
+    batch: int = typer.Option(4, "--batch"),
+    img_size: int = typer.Option(224, "--img-size"),
+) -> None:
+    """Smoke-check models on this machine: forward, backward, and the ternary inference form's parity."""
+    _need_torch()
+    from edgedf.train.smoke import smoke_check
+
+    results = smoke_check(checkpoint, batch=batch, img_size=img_size)
+    table = Table(title="edgedf model check")
+    for col in ("Model", "Variant", "Params", "Forward ms/img", "Backward", "Inference form |Δlogit|", "Status"):
+        table.add_column(col)
+    ok = True
+    for r in results:
+        ok &= r.ok
+        table.add_row(
+            r.name,
+            r.variant,
+            f"{r.params / 1e6:.2f} M",
+            f"{r.forward_ms:.1f}",
+            "ok" if r.backward_ok else "FAIL",
+            "-" if r.inference_max_diff is None else f"{r.inference_max_diff:.2e}",
+            "✅" if r.ok else "❌",
+        )
+    console.print(table)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _planned(name: str, issue: int, what: str) -> None:
+    @app.command(
+        name,
+        help=f"{what} [not available yet: planned in issue #{issue}]",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def _cmd() -> None:
+        err_console.print(f"error: `edgedf {name}` is not available in this version yet (planned: issue #{issue})")
+        raise typer.Exit(2)
+
+
+_planned("prepare", 5, "Sample frames, detect and align faces, write crops and an index.")
+_planned("train", 5, "Train a full-precision or BitLinear ViT (pretrain, detect, QAT, distillation).")
+_planned("eval", 5, "Frame/video AUC, EER, AP, ACC per source and pooled.")
+_planned("export", 3, "Export a checkpoint to a verified bundle for a target (jetson, cpu, rpi, rpi4, ort).")
+_planned("run", 4, "Video/image/stream in, per-face, per-track and per-video verdicts out.")
+_planned("bench", 6, "Latency, memory, size and accuracy per bundle and target.")
+_planned("report", 6, "Merge bench results into Markdown and HTML.")
+
+
+@app.command("targets")
+def targets() -> None:
+    """List the hardware target profiles."""
+    from edgedf.devices.profiles import PROFILES
+
+    table = Table(title="Targets (edgedf export --target NAME)")
+    for col in ("Target", "Device", "Backend", "Precisions", "Default fp / bit", "Threads", "Ternary lowering"):
+        table.add_column(col)
+    for p in PROFILES.values():
+        table.add_row(
+            p.name,
+            p.device,
+            p.backend,
+            ", ".join(p.precisions),
+            f"{p.default_fp} / {p.default_bit}",
+            str(p.threads or "all"),
+            p.ternary_lowering,
+        )
+    console.print(table)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edgedf import __version__
+
+        console.print(f"edgedf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
+) -> None:
+    """Train, export and run deepfake detectors (full-precision and BitLinear ViTs) on edge devices."""
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgedfError as e:  # raised outside a command body (rare): still one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""edgedf.export: checkpoint -> canonical ternary ONNX -> per-backend bundle (needs torch, onnx)."""
