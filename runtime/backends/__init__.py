@@ -1,0 +1,93 @@
+"""Backends: one module each (ort, openvino, tensorrt), the same small interface.
+
+    open(model, options) -> Session      model: a path to an ONNX/IR file, or ONNX bytes
+    Session.run(feeds: dict[str, ndarray]) -> list[ndarray]
+    Session.input_names / output_names
+
+`open_classifier(bundle)` wraps that into the DESIGN.md contract: infer(float32[N,3,H,W]) -> float32[N,2].
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import EdgedfError
+
+BACKENDS = ("ort", "openvino", "tensorrt")
+
+
+@dataclass
+class BackendOptions:
+    threads: int = 0  # 0: the backend's default
+    device: str = ""  # backend-specific: "CPU" for OpenVINO, a CUDA ordinal for TensorRT; "" = default
+    cache_dir: Path | None = None  # where compiled engines may be cached (TensorRT)
+    precision: str = ""  # the bundle's precision; TensorRT sets its builder flags from it
+
+
+class Session(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+def backend_module(name: str):
+    if name not in BACKENDS:
+        raise EdgedfError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def available(name: str) -> bool:
+    return backend_module(name).available()
+
+
+def open_session(model: Path | bytes, backend: str, options: BackendOptions | None = None) -> Session:
+    mod = backend_module(backend)
+    if not mod.available():
+        raise EdgedfError(f"backend {backend} is not installed here ({mod.INSTALL_HINT})")
+    return mod.open(model, options or BackendOptions())
+
+
+class Classifier:
+    """The classifier of a bundle on a backend: infer(float32[N,3,H,W]) -> float32[N,C] logits."""
+
+    def __init__(self, bundle: Bundle, backend: str | None = None, options: BackendOptions | None = None):
+        self.bundle = bundle
+        self.backend = backend or bundle.backend
+        mod = backend_module(self.backend)
+        model = mod.model_for_bundle(bundle) if hasattr(mod, "model_for_bundle") else bundle.entry
+        options = options or BackendOptions()
+        options.precision = options.precision or bundle.manifest["precision"]
+        self.session = open_session(model, self.backend, options)
+        self.input_name = self.session.input_names[0]
+        self.fixed_batch = bundle.manifest.get("input", {}).get("batch")  # None: dynamic
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if x.ndim != 4:
+            raise EdgedfError(f"classifier input must be [N, 3, H, W], got shape {x.shape}")
+        if not self.fixed_batch:
+            return self.session.run({self.input_name: x})[0].astype(np.float32, copy=False)
+        # fixed-batch model (e.g. a static TensorRT engine): pad the tail, run in chunks
+        b = int(self.fixed_batch)
+        out = []
+        for i in range(0, len(x), b):
+            chunk = x[i : i + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), np.float32)])
+            out.append(self.session.run({self.input_name: chunk})[0][:n])
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, 2), np.float32)
+
+    def p_fake(self, batch: np.ndarray) -> np.ndarray:
+        return self.bundle.p_fake(self.infer(batch))
+
+
+def open_classifier(bundle: Bundle, backend: str | None = None, options: BackendOptions | None = None) -> Classifier:
+    return Classifier(bundle, backend, options)

@@ -1,0 +1,48 @@
+"""OpenVINO backend: reads OpenVINO IR (.xml + .bin) or ONNX, compiles for the CPU by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgedfError
+
+INSTALL_HINT = "pip install 'edgedf[openvino]'"
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVinoSession:
+    def __init__(self, model: Path | bytes, threads: int = 0, device: str = ""):
+        import openvino as ov
+
+        core = ov.Core()
+        try:
+            if isinstance(model, bytes):
+                m = core.read_model(model=model, weights=ov.Tensor(np.empty(0, np.uint8)))
+            else:
+                m = core.read_model(str(model))
+            config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+            config["PERFORMANCE_HINT"] = "LATENCY"
+            self._compiled = core.compile_model(m, device or "CPU", config)
+        except Exception as e:
+            where = "model bytes" if isinstance(model, bytes) else str(model)
+            raise EdgedfError(f"OpenVINO cannot load {where}: {str(e).splitlines()[0]}") from None
+        self._request = self._compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in self._compiled.inputs]
+        self.output_names = [p.get_any_name() for p in self._compiled.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = self._request.infer(feeds)
+        return [np.asarray(res[o]) for o in self._compiled.outputs]
+
+
+def open(model: Path | bytes, options) -> OpenVinoSession:  # noqa: A001
+    return OpenVinoSession(model, threads=options.threads, device=options.device)

@@ -1,0 +1,44 @@
+"""ONNX Runtime backend (CPU; the CUDA/TensorRT execution providers are used when present and asked for)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgedfError
+
+INSTALL_HINT = "pip install onnxruntime"
+
+
+def available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OrtSession:
+    def __init__(self, model: Path | bytes, threads: int = 0, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        src = model if isinstance(model, bytes) else str(model)
+        try:
+            self._sess = ort.InferenceSession(src, so, providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types; keep the message, drop the traceback
+            where = "model bytes" if isinstance(model, bytes) else str(model)
+            raise EdgedfError(f"ONNX Runtime cannot load {where}: {str(e).splitlines()[0]}") from None
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._sess.run(None, feeds)
+
+
+def open(model: Path | bytes, options) -> OrtSession:  # noqa: A001 - the backend interface's name
+    return OrtSession(model, threads=options.threads)

@@ -1,0 +1,109 @@
+"""Bundles: what export writes and the device loads. A directory with manifest.json and the backend's
+model file(s); every file's sha256 is in the manifest and is checked on load (no torch needed here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EdgedfError
+from .fsutil import sha256_file
+from .spec import FaceCropSpec
+
+FORMAT = "edgedf-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REQUIRED = ("target", "backend", "precision", "entry", "files", "preprocessing", "labels", "threshold", "model")
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    spec: FaceCropSpec
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def entry(self) -> Path:
+        return self.path / self.manifest["entry"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def fake_index(self) -> int:
+        return int(self.manifest.get("fake_index", self.labels.index("fake") if "fake" in self.labels else 1))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    @property
+    def input_name(self) -> str:
+        return self.manifest.get("input", {}).get("name", "input")
+
+    def p_fake(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax p(fake) from logits [N, C]."""
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e[:, self.fake_index] / e.sum(axis=1)).astype(np.float32)
+
+    def describe(self) -> str:
+        m = self.manifest
+        return (
+            f"{m['model'].get('preset') or m['model'].get('arch')} {m['model'].get('variant')} · "
+            f"{m['precision']} · {m['backend']} ({m['target']})"
+        )
+
+
+def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Read manifest.json, check version and required fields, and (verify=True) every file's sha256."""
+    root = Path(path)
+    if not root.exists():
+        raise EdgedfError(f"bundle not found: {root}")
+    if root.is_file() and root.name == MANIFEST:
+        root = root.parent
+    if not root.is_dir():
+        raise EdgedfError(f"not a bundle directory: {root}")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise EdgedfError(f"bundle {root} has no {MANIFEST}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgedfError(f"bundle manifest {mpath} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise EdgedfError(f"{mpath} is not an edgedf bundle manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise EdgedfError(
+            f"bundle {root} has format version {version}; this edgedf reads up to {FORMAT_VERSION} (upgrade edgedf)"
+        )
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise EdgedfError(f"bundle manifest {mpath} lacks {', '.join(missing)}")
+    files = manifest["files"]
+    if manifest["entry"] not in files:
+        raise EdgedfError(f"bundle {root}: entry {manifest['entry']} is not among its files")
+    if verify:
+        for name, info in files.items():
+            f = root / name
+            if not f.is_file():
+                raise EdgedfError(f"bundle {root} lacks {name}")
+            if sha256_file(f) != info.get("sha256"):
+                raise EdgedfError(f"bundle {root}: {name} does not match its sha256 (tampered or corrupted)")
+    return Bundle(path=root, manifest=manifest, spec=FaceCropSpec.from_dict(manifest["preprocessing"]))
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
