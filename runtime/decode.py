@@ -1,0 +1,365 @@
+"""Decoding: a SOURCE (video file, image, animated WebP/GIF, camera index, RTSP/HTTP URL) -> the frames a
+sampling plan asks for, one at a time.
+
+Only the frames needed are converted (`grab()` without `retrieve()` for skipped frames; long gaps in
+`--frames K` mode are seeked over), frames are never buffered, so memory stays bounded for hour-long
+videos and live streams. OpenCV applies a video's rotation metadata itself; the report records it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .align import as_bgr8
+from .errors import EdgedfError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2", ".pgm", ".ppm", ".pnm"}
+VIDEO_EXTS = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
+ANIMATED_EXTS = {".gif", ".webp"}
+MAX_IMAGE_PIXELS = 120_000_000  # a 108 MP phone photo still passes; its BGR frame is ~360 MB
+MAX_VIDEO_PIXELS = 40_000_000  # 8K (33 MP) passes
+SEEK_GAP = 300  # in --frames mode, seek rather than grab when the next wanted frame is this far ahead
+
+try:  # decoder warnings about corrupt input must not spill onto the console: we say what is wrong ourselves
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+except AttributeError:  # pragma: no cover - older OpenCV
+    pass
+
+
+@dataclass
+class SourceInfo:
+    source: str
+    kind: str  # video | image | animation | camera | stream
+    width: int = 0
+    height: int = 0
+    fps: float | None = None
+    frame_count: int | None = None  # None: unknown (live)
+    duration_s: float | None = None
+    rotation: int = 0  # degrees, from the container's metadata (already applied to the frames)
+    codec: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Sampling:
+    """Which frames are analysed: every N-th, F per second, or K evenly spaced (all frames of an image)."""
+
+    mode: str = "fps"  # every | fps | frames
+    value: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("every", "fps", "frames"):
+            raise EdgedfError(f"unknown sampling mode {self.mode!r}")
+        if not self.value > 0 or (self.mode in ("every", "frames") and int(self.value) != self.value):
+            raise EdgedfError(f"--{self.mode} needs a positive {'number' if self.mode == 'fps' else 'integer'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "value": self.value}
+
+
+@dataclass
+class Frame:
+    index: int  # position in the source
+    t: float  # seconds from the start
+    image: np.ndarray  # uint8 BGR [H, W, 3]
+
+
+def _fourcc(code: float) -> str | None:
+    c = int(code)
+    s = "".join(chr((c >> (8 * i)) & 0xFF) for i in range(4))
+    return s.strip("\x00 ") if s.isprintable() and c else None
+
+
+def _png_or_header_size(path: Path) -> tuple[int, int] | None:
+    """Image size from the header, without decoding (Pillow is lazy), to refuse absurd images early."""
+    try:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, with a clearer message
+        with Image.open(path) as im:
+            return im.size
+    except Exception:
+        pass
+    try:  # PNG without Pillow
+        with open(path, "rb") as f:
+            head = f.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n":
+            return struct.unpack(">II", head[16:24])
+    except OSError:
+        pass
+    return None
+
+
+class FrameSource:
+    info: SourceInfo
+    warnings: list[str]
+
+    def frames(self, sampling: Sampling) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ImageSource(FrameSource):
+    def __init__(self, path: Path):
+        self.path = path
+        size = _png_or_header_size(path)
+        if size and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise EdgedfError(
+                f"{path}: image is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP), over the "
+                f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit; downscale it first"
+            )
+        img = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # honours EXIF orientation
+        if img is None:
+            raise EdgedfError(f"cannot decode {path}: not an image OpenCV can read, or corrupt")
+        depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(img.dtype, 32)
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        self.image = as_bgr8(img)
+        h, w = self.image.shape[:2]
+        self.info = SourceInfo(str(path), "image", w, h, None, 1, None, 0, f"{channels}ch/{depth}bit")
+        self.warnings = []
+
+    def frames(self, sampling: Sampling) -> Iterator[Frame]:
+        yield Frame(0, 0.0, self.image)
+
+
+class AnimationSource(FrameSource):
+    """Animated WebP/GIF through Pillow, one frame at a time."""
+
+    def __init__(self, path: Path, im):
+        self.path, self._im = path, im
+        n = int(getattr(im, "n_frames", 1))
+        self.warnings = []
+        im.seek(0)
+        im.load()  # WebP sets the frame duration only once a frame is loaded
+        dur = im.info.get("duration") or 0
+        fps = 1000.0 / dur if dur else None
+        w, h = im.size
+        if w * h > MAX_VIDEO_PIXELS:
+            raise EdgedfError(f"{path}: animation is {w}x{h}, over the {MAX_VIDEO_PIXELS / 1e6:.0f} MP limit")
+        self.info = SourceInfo(str(path), "animation", w, h, fps, n, n / fps if fps else None, 0, im.format)
+
+    def frames(self, sampling: Sampling) -> Iterator[Frame]:
+        n = self.info.frame_count or 1
+        wanted = _wanted_indices(sampling, n, self.info.fps)
+        t = 0.0
+        next_fps_t = 0.0
+        for i in range(n):
+            try:
+                self._im.seek(i)
+            except EOFError:
+                self.warnings.append(f"animation ended at frame {i} of {n}")
+                return
+            self._im.load()
+            if wanted is not None:
+                take = i in wanted
+            elif sampling.mode == "every":
+                take = i % int(sampling.value) == 0
+            else:
+                take = t + 1e-6 >= next_fps_t
+                if take:
+                    next_fps_t += 1.0 / sampling.value
+            if take:
+                rgb = np.asarray(self._im.convert("RGB"))
+                yield Frame(i, t, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            t += (self._im.info.get("duration") or 0) / 1000.0
+
+    def close(self) -> None:
+        self._im.close()
+
+
+def _wanted_indices(sampling: Sampling, n: int | None, fps: float | None) -> set[int] | None:
+    """Frame indices to analyse when they can be known up front (None: decide by timestamp, fps mode)."""
+    if sampling.mode == "frames":
+        if not n:
+            return None
+        k = min(int(sampling.value), n)
+        return {int(round(x)) for x in np.linspace(0, n - 1, k)}
+    if sampling.mode == "every":
+        return None if n is None else set(range(0, n, int(sampling.value)))
+    return None
+
+
+class VideoSource(FrameSource):
+    """Video files, cameras and network streams through OpenCV (FFmpeg)."""
+
+    def __init__(self, source: str, kind: str, open_timeout_s: float = 10.0):
+        self.source, self.warnings = source, []
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000)]
+        if kind == "stream":
+            params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(open_timeout_s * 1000)]
+        if kind == "camera":
+            cap = cv2.VideoCapture(int(source))
+        else:
+            cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            if kind == "camera":
+                raise EdgedfError(f"cannot open camera {source}")
+            if kind == "stream":
+                raise EdgedfError(f"cannot open stream {source}: unreachable, refused or not a video stream")
+            try:
+                with open(source, "rb") as f:
+                    is_mp4 = f.read(12)[4:8] == b"ftyp"
+            except OSError:
+                is_mp4 = False
+            if is_mp4:
+                raise EdgedfError(
+                    f"cannot decode {source}: an MP4/MOV container without a readable video track "
+                    "(zero-length, truncated or corrupt)"
+                )
+            raise EdgedfError(f"cannot decode {source}: not a video or image OpenCV can read, or corrupt")
+        self.cap = cap
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if w * h > MAX_VIDEO_PIXELS:
+            cap.release()
+            raise EdgedfError(f"{source}: video is {w}x{h}, over the {MAX_VIDEO_PIXELS / 1e6:.0f} MP limit")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else None
+        if n is not None and n < 0:
+            n = None
+        rotation = int(cap.get(cv2.CAP_PROP_ORIENTATION_META) or 0) % 360
+        if rotation in (90, 270):
+            w, h = h, w  # OpenCV hands out frames already rotated
+        codec = _fourcc(cap.get(cv2.CAP_PROP_FOURCC))
+        duration = n / fps if (n is not None and fps) else None
+        self.info = SourceInfo(source, kind, w, h, fps, n, duration, rotation, codec)
+
+    def frames(self, sampling: Sampling) -> Iterator[Frame]:
+        cap, info = self.cap, self.info
+        n = info.frame_count
+        wanted = _wanted_indices(sampling, n, info.fps)
+        last_wanted = max(wanted) if wanted else None
+        sorted_wanted = sorted(wanted) if wanted else []
+        wi = 0
+        live = info.kind in ("camera", "stream")
+        every = int(sampling.value) if sampling.mode == "every" else 0
+        limit = int(sampling.value) if (sampling.mode == "frames" and wanted is None) else None
+        next_fps_t = 0.0
+        t0 = time.monotonic()
+        i = -1
+        taken = 0
+        while True:
+            if last_wanted is not None and i >= last_wanted:
+                break
+            if limit is not None and taken >= limit:
+                break
+            if wanted is not None and info.kind == "video" and wi < len(sorted_wanted):
+                target = sorted_wanted[wi]
+                if target - i > SEEK_GAP:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, target)
+                    i = target - 1
+            if not cap.grab():
+                break
+            i += 1
+            if info.fps:
+                t = i / info.fps if not live else time.monotonic() - t0
+            else:
+                t = (cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
+            if wanted is not None:
+                take = i in wanted
+                if take:
+                    wi += 1
+            elif every:
+                take = i % every == 0
+            elif sampling.mode == "fps":
+                take = t + 1e-6 >= next_fps_t
+                if take:
+                    next_fps_t = max(next_fps_t + 1.0 / sampling.value, t - 0.5 / sampling.value)
+            else:
+                take = True
+            if not take:
+                continue
+            ok, img = cap.retrieve()
+            if not ok or img is None:
+                self.warnings.append(f"frame {i} could not be decoded")
+                continue
+            taken += 1
+            yield Frame(i, float(t), as_bgr8(img))
+        self.frames_read = i + 1
+        if info.kind == "video" and n and i + 1 < (last_wanted + 1 if last_wanted is not None else n) - 1:
+            self.warnings.append(f"decoding stopped at frame {i + 1} of {n} declared: truncated or corrupt file?")
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def classify_source(source: str) -> str:
+    """camera | stream | dir | file (by what the string is, before opening anything)."""
+    if source.isdigit():
+        return "camera"
+    if "://" in source:
+        return "stream"
+    p = Path(source)
+    if p.is_dir():
+        return "dir"
+    return "file"
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """Directories -> the media files in them (recursively, sorted); other sources as given."""
+    out: list[str] = []
+    for s in sources:
+        if classify_source(s) == "dir":
+            files = sorted(
+                str(p)
+                for p in Path(s).rglob("*")
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS
+            )
+            if not files:
+                raise EdgedfError(f"directory {s} holds no images or videos")
+            out.extend(files)
+        else:
+            out.append(s)
+    return out
+
+
+def open_source(source: str) -> FrameSource:
+    kind = classify_source(source)
+    if kind in ("camera", "stream"):
+        return VideoSource(source, kind)
+    path = Path(source)
+    if not path.exists():
+        raise EdgedfError(f"file not found: {source}")
+    if not path.is_file():
+        raise EdgedfError(f"not a file: {source}")
+    if os.path.getsize(path) == 0:
+        raise EdgedfError(f"{source} is empty (0 bytes)")
+    ext = path.suffix.lower()
+    if ext in ANIMATED_EXTS:
+        try:
+            from PIL import Image
+
+            im = Image.open(path)
+            if getattr(im, "n_frames", 1) > 1:
+                return AnimationSource(path, im)
+            im.close()
+        except ImportError:
+            pass
+        except Exception as e:
+            raise EdgedfError(f"cannot decode {source}: {str(e).splitlines()[0]}") from None
+    if ext in IMAGE_EXTS:
+        return ImageSource(path)
+    if ext not in VIDEO_EXTS:  # FFmpeg would happily "play" a .txt file (its tty demuxer): be strict
+        raise EdgedfError(
+            f"cannot decode {source}: not a video or image (unknown file type {ext or 'without extension'})"
+        )
+    src = VideoSource(str(path), "video")
+    if src.info.frame_count == 0:
+        src.close()
+        raise EdgedfError(f"{source} has no video frames (zero-length video)")
+    return src
