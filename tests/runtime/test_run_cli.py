@@ -251,3 +251,12 @@ def test_real_video_from_shared_data(tmp_path):
     assert r.exit_code in (0, 1, 3), r.output
     s = validated(out)["sources"][0]
     assert s["info"]["width"] == 640 and s["video"]["n_frames_with_face"] >= 4
+
+
+def test_schema_fields_are_documented():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "report-schema.md").read_text()
+    schema = load_schema()
+    names = set(schema["required"]) | set(schema["$defs"]["source_ok"]["required"])
+    names |= set(schema["$defs"]["video_ok"]["required"]) | set(schema["$defs"]["track"]["required"])
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert not missing, f"fields missing from docs/report-schema.md: {missing}"
