@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+from traindata import face_image, ffpp_tree, write_video
+
+from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.spec import FaceCropSpec
+from edgedf.train.data import read_index
+from edgedf.train.prepare import PrepareOptions, list_items, prepare
+
+SPEC = FaceCropSpec(input_size=48)
+
+
+def by_video(records):
+    out = {}
+    for r in records:
+        out.setdefault(r.video, []).append(r)
+    return out
+
+
+def test_ffpp_layout_splits_methods_and_frames(tmp_path):
+    root = ffpp_tree(tmp_path / "ffpp")
+    items = list_items(root, "ffpp", compressions=["c23"], methods=["Deepfakes", "FaceSwap"])
+    assert len(items) == 4 + 2 * 2
+    report = prepare(items, tmp_path / "crops", SPEC, PrepareOptions(frames=3), workers=2)
+    assert report.unreadable == [] and report.no_face_frames == 0
+    records, spec = read_index(tmp_path / "crops")
+    assert spec == SPEC
+    vids = by_video(records)
+    assert len(vids) == 8 and all(len(v) == 3 for v in vids.values())  # K=3 of 6 frames each
+    assert sorted({r.frame for r in vids["real/c23/000"]}) == [0, 2, 5]  # evenly spaced, first and last
+    r = vids["Deepfakes/c23/003_002"][0]
+    assert (r.label, r.method, r.compression, r.split, r.source) == (1, "Deepfakes", "c23", "test", "ffpp")
+    assert vids["real/c23/001"][0].split == "train" and vids["real/c23/001"][0].label == 0
+    assert vids["FaceSwap/c23/000_001"][0].split == "train"
+    # landmarks are in crop pixels: near the template the aligner maps them to
+    lm = np.array(r.landmarks)
+    assert lm.shape == (5, 2) and (lm > 0).all() and (lm < 48).all()
+    assert lm[0, 0] < lm[1, 0] and lm[3, 1] > lm[0, 1]  # left eye left of right eye; mouth below eyes
+    import cv2
+
+    crop = cv2.imread(str(tmp_path / "crops" / r.path))
+    assert crop.shape == (48, 48, 3)
+
+
+def test_celebdf_and_dfdc_layouts(tmp_path):
+    cdf = tmp_path / "celebdf"
+    write_video(cdf / "Celeb-real" / "id0_0000.mp4", n=3)
+    write_video(cdf / "YouTube-real" / "00000.mp4", n=3, seed=1)
+    write_video(cdf / "Celeb-synthesis" / "id0_id1_0000.mp4", n=3, seed=2)
+    (cdf / "List_of_testing_videos.txt").write_text("1 YouTube-real/00000.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n")
+    items = {it.video: it for it in list_items(cdf, "celebdf")}
+    assert items["Celeb-real/id0_0000"].split == "train" and items["Celeb-real/id0_0000"].label == 0
+    assert items["YouTube-real/00000"].split == "test"
+    assert items["Celeb-synthesis/id0_id1_0000"].label == 1 and items["Celeb-synthesis/id0_id1_0000"].split == "test"
+
+    dfdc = tmp_path / "dfdc" / "dfdc_train_part_0"
+    write_video(dfdc / "aaa.mp4", n=3)
+    write_video(dfdc / "bbb.mp4", n=3, seed=1)
+    (dfdc / "metadata.json").write_text(
+        json.dumps({"aaa.mp4": {"label": "REAL"}, "bbb.mp4": {"label": "FAKE", "original": "aaa.mp4"}})
+    )
+    report = prepare(list_items(tmp_path / "dfdc", "dfdc"), tmp_path / "crops", SPEC, PrepareOptions(frames=2))
+    records, _ = read_index(tmp_path / "crops")
+    labels = {r.video: r.label for r in records}
+    assert labels == {"dfdc_train_part_0/aaa": 0, "dfdc_train_part_0/bbb": 1}
+    assert report.crops == 4
+
+
+def test_unreadable_and_faceless_are_counted_and_resume_skips_done(tmp_path):
+    import cv2
+
+    root = tmp_path / "set"
+    (root / "real").mkdir(parents=True)
+    cv2.imwrite(str(root / "real" / "a.jpg"), face_image(0))
+    write_video(root / "fake" / "v.mp4", n=4)
+    write_video(root / "fake" / "noface.mp4", n=4, face=False)
+    (root / "fake" / "broken.mp4").write_bytes(b"\x00not a video at all" * 50)
+    items = list_items(root, "folder")
+    assert {it.video: it.label for it in items} == {
+        "real/a": 0,
+        "fake/v": 1,
+        "fake/noface": 1,
+        "fake/broken": 1,
+    }
+    out = tmp_path / "crops"
+    report = prepare(items, out, SPEC, PrepareOptions(frames=4))
+    assert report.no_face_frames == 4
+    assert len(report.unreadable) == 1 and report.unreadable[0].startswith("fake/broken")
+    assert report.crops == 1 + 4
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["no_face_frames"] == 4 and len(saved["unreadable"]) == 1
+
+    # an interrupted run: one part missing, the index gone -> only that source is redone
+    (out / "index.jsonl").unlink()
+    part = next(p for p in (out / "parts").iterdir() if json.loads(p.read_text())["video"] == "fake/v")
+    part.unlink()
+    report2 = prepare(items, out, SPEC, PrepareOptions(frames=4))
+    assert report2.resumed == 3 and report2.crops == 5
+    with pytest.raises(EdgedfError, match="another preprocessing spec"):
+        prepare(items, out, FaceCropSpec(input_size=64), PrepareOptions(frames=4))
+
+
+def test_bad_layouts_fail_with_one_line(tmp_path):
+    with pytest.raises(EdgedfError, match="not found"):
+        list_items(tmp_path / "nope", "folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgedfError, match="neither real/ nor fake/"):
+        list_items(tmp_path / "empty", "folder")
+    with pytest.raises(EdgedfError, match="split file missing"):
+        list_items(tmp_path / "empty", "ffpp")
+    with pytest.raises(EdgedfError, match="unknown format"):
+        list_items(tmp_path / "empty", "vox")
