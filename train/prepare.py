@@ -386,7 +386,7 @@ def prepare(
             lines.append(json.dumps(rec))
             report.crops += 1
             report.by_split[rec["split"]] = report.by_split.get(rec["split"], 0) + 1
-            g = "/".join(p for p in (rec["source"], rec["method"] or "real") if p)
+            g = "/".join(p for p in (rec["source"], rec["method"] or ("fake" if rec["label"] else "real")) if p)
             report.by_group[g] = report.by_group.get(g, 0) + 1
     atomic_write_bytes(out / INDEX_NAME, ("\n".join(lines) + "\n" if lines else "").encode())
     atomic_write_json(out / REPORT_NAME, asdict(report))

@@ -43,8 +43,9 @@ def register(app: typer.Typer) -> None:
         ck = load_checkpoint(checkpoint)
         results = []
         for d in data:
+            quiet = (d / "index.jsonl").is_file()  # a crops folder: nothing to prepare
             with Progress(
-                TextColumn(f"prepare {d.name}"), BarColumn(), MofNCompleteColumn(), console=err_console
+                TextColumn(f"prepare {d.name}"), BarColumn(), MofNCompleteColumn(), console=err_console, disable=quiet
             ) as bar:
                 task = bar.add_task("p", total=None)
                 kw = {"splits_dir": splits, "compressions": compression} if fmt == "ffpp" else {}

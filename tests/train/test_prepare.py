@@ -89,6 +89,7 @@ def test_unreadable_and_faceless_are_counted_and_resume_skips_done(tmp_path):
     assert report.no_face_frames == 4
     assert len(report.unreadable) == 1 and report.unreadable[0].startswith("fake/broken")
     assert report.crops == 1 + 4
+    assert report.by_group == {"set/real": 1, "set/fake": 4}
     saved = json.loads((out / "report.json").read_text())
     assert saved["no_face_frames"] == 4 and len(saved["unreadable"]) == 1
 
