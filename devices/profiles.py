@@ -101,9 +101,9 @@ PROFILES: dict[str, TargetProfile] = {
             default_bit="ternary",
             threads=4,
             imgsz=None,
-            ternary_lowering="int8-dynamic",
-            why="No dot-product instructions: the 2-bit kernels lose their edge, int8 GEMM "
-            "(DynamicQuantizeMatMul with ternary int8 weights) is the fastest path.",
+            ternary_lowering="int8-exact",
+            why="No dot-product instructions: the 2-bit kernels lose their edge; int8 GEMM (MatMulInteger over "
+            "BitNet's per-token int8 codes and the ternary weights, exact int32 accumulation) is the fast path.",
         ),
         TargetProfile(
             name="ort",
@@ -114,9 +114,10 @@ PROFILES: dict[str, TargetProfile] = {
             default_bit="ternary",
             threads=0,
             imgsz=None,
-            ternary_lowering="int8-dynamic",
-            why="On x86 AVX2 without VNNI, DynamicQuantizeMatMul with ternary int8 weights ran at 0.69-0.71x "
-            "of fp32 time; 2-bit MatMulNBits was slower than fp32 (1.13-1.50x) (MEASUREMENTS.md).",
+            ternary_lowering="int8-exact",
+            why="On x86 AVX2 without VNNI int8 GEMM is what buys speed (2-bit MatMulNBits ran 1.13-1.50x of fp32 "
+            "time, MEASUREMENTS.md). MatMulInteger over BitNet's per-token int8 codes keeps its exact arithmetic "
+            "at the speed of DynamicQuantizeMatMul, whose per-tensor activations flipped decisions.",
         ),
     )
 }

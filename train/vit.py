@@ -46,6 +46,7 @@ class ViTConfig:
     bit_norm: str = "rms"  # the norm inside BitLinear: rms | layer
     quantize_stem: bool = False  # patch embedding stays full precision unless asked
     quantize_head: bool = False  # classification head likewise
+    qat: bool = False  # fp variant with int8 fake-quant block linears (train/qat.py)
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
 
@@ -65,6 +66,10 @@ class ViTConfig:
             problems.append(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.variant == "bit" and self.dim % 4:
             problems.append(f"the bit variant packs 4 weights a byte: dim {self.dim} must be a multiple of 4")
+        if self.qat and self.variant != "fp":
+            problems.append("qat applies to the fp variant only")
+        if self.variant == "bit" and int(self.dim * self.mlp_ratio) % 4:
+            problems.append("the bit variant packs 4 weights a byte: dim * mlp_ratio must be a multiple of 4")
         if self.num_classes < 1 or self.depth < 1:
             problems.append("num_classes and depth must be >= 1")
         if problems:
@@ -192,7 +197,13 @@ class Block(nn.Module):
 
 
 def linear_factory(cfg: ViTConfig) -> Callable[..., nn.Module]:
-    return nn.Linear if cfg.variant == "fp" else partial(BitLinear, norm=cfg.bit_norm)
+    if cfg.variant == "bit":
+        return partial(BitLinear, norm=cfg.bit_norm)
+    if cfg.qat:
+        from .qat import QATLinear
+
+        return QATLinear
+    return nn.Linear
 
 
 class VisionTransformer(nn.Module):
@@ -262,8 +273,8 @@ def size_bytes(cfg: ViTConfig) -> dict[str, int]:
     channel, the rest fp32. ternary: the block linears of the BitLinear variant 2 bits a weight plus one
     fp32 scale per tensor, the rest (stem, norms, biases, head) fp32.
     """
-    fp = build_model(dataclasses.replace(cfg, variant="fp"), device="meta")
-    bit = build_model(dataclasses.replace(cfg, variant="bit"), device="meta")
+    fp = build_model(dataclasses.replace(cfg, variant="fp", qat=False), device="meta")
+    bit = build_model(dataclasses.replace(cfg, variant="bit", qat=False), device="meta")
     fp32 = 4 * count_params(fp)
     int8 = fp32
     for m in fp.modules():

@@ -69,7 +69,6 @@ def test_models_init_from_file(tmp_path):
         (["models", "init", "vit_tiny", "--from", "{tmp}/none.safetensors", "--out", "{tmp}/a"], "not found"),
         (["models", "init", "vit_tiny", "--out", "{tmp}"], "already exists"),
         (["models", "check", "{tmp}/missing"], "checkpoint not found"),
-        (["export", "x"], "not available"),
     ],
 )
 def test_bad_input_one_line_nonzero(tmp_path, args, message):

@@ -1,0 +1,214 @@
+"""`edgedf export`: checkpoint -> canonical ONNX -> lowered/quantised for one target -> verified bundle."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+import edgedf
+from edgedf.devices.profiles import TargetProfile, get_profile
+from edgedf.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, load_bundle
+from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
+from edgedf.train.checkpoint import Checkpoint, load_checkpoint
+from edgedf.train.vit import count_params, size_bytes
+
+from . import lowering, ptq
+from .calib import crop_source
+from .onnx_export import INPUT, OUTPUT, export_onnx, set_metadata
+from .verify import verify
+
+MIN_AGREEMENT = 0.99
+
+
+@dataclass
+class ExportOptions:
+    target: str
+    precision: str | None = None
+    data: Path | None = None
+    fraction: float = 1.0
+    imgsz: int | None = None
+    batch: int | None = None  # fixed batch; None = dynamic batch
+    out: Path | None = None
+    verify: bool = True
+    verify_n: int = 256
+    calib_n: int = 256
+    lowering: str | None = None  # override the profile's ternary lowering
+    min_agreement: float = MIN_AGREEMENT  # the verification gate on decisive crops
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def default_out(checkpoint: Path, target: str, precision: str) -> Path:
+    ck = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    return ck.parent / f"{ck.name}-{target}-{precision}"
+
+
+def _precision(ck: Checkpoint, profile: TargetProfile, precision: str | None) -> str:
+    cfg = ck.config
+    if cfg.qat:
+        precision = precision or "int8-qat"
+        if precision != "int8-qat":
+            raise EdgedfError(f"this is a QAT checkpoint: it exports as int8-qat, not {precision}")
+    precision = precision or profile.default_precision(cfg.variant)
+    profile.check_precision(precision, cfg.variant)
+    if precision == "int8-qat" and not cfg.qat:
+        raise EdgedfError("int8-qat needs a QAT-trained checkpoint (edgedf train --qat); for this one use int8-ptq")
+    return precision
+
+
+def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+def _to_openvino(onnx_path: Path, xml: Path, fp16: bool = False) -> None:
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=fp16)
+
+
+def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple[Path, dict]:
+    """Returns (bundle path, manifest). Nothing is left at the output path if any step fails."""
+    say = progress or (lambda msg: None)
+    profile = get_profile(opts.target)
+    ck = load_checkpoint(checkpoint)
+    precision = _precision(ck, profile, opts.precision)
+    backend = profile.backend
+    if backend == "openvino":
+        from edgedf.runtime.backends import openvino as ov_backend
+
+        if not ov_backend.available():
+            raise EdgedfError(f"target {profile.name} needs OpenVINO to write its IR: {ov_backend.INSTALL_HINT}")
+    out = opts.out or default_out(Path(checkpoint), profile.name, precision)
+    if out.exists():
+        raise EdgedfError(f"output path already exists: {out} (choose another --out or remove it)")
+    if opts.batch is not None and opts.batch < 1:
+        raise EdgedfError(f"--batch must be >= 1, got {opts.batch}")
+    source = crop_source(opts.data, ck.spec, opts.fraction, opts.seed)
+    needs_calibration = precision == "int8-ptq" or (precision == "ternary" and backend == "tensorrt")
+    notes = list(opts.notes)
+    if needs_calibration and source.kind == "random":
+        notes.append("calibrated on random images (no --data): int8 ranges may not fit real faces")
+
+    say("exporting canonical ONNX")
+    canonical = export_onnx(
+        ck.model, imgsz=opts.imgsz, batch=opts.batch or 1, dynamic=opts.batch is None, spec=ck.spec, labels=ck.labels
+    )
+    calibration: dict = {"needed": needs_calibration, **source.describe(), "fraction": opts.fraction}
+    lowering_used = None
+    deviations: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="edgedf-export-") as work_s, atomic_dir(out) as tmp:
+        work = Path(work_s)
+        canon_path = work / "canonical.onnx"
+        _save_onnx(canonical, canon_path)
+        entry = "model.onnx"
+        if precision == "ternary":
+            lowering_used = opts.lowering or ("matmulnbits-2bit" if backend == "openvino" else profile.ternary_lowering)
+            scales = None
+            if lowering_used == "int8-qdq":
+                say(f"calibrating activation ranges on {opts.calib_n} crops")
+                amax = ptq.ternary_act_amax(canonical, source, opts.calib_n)
+                scales = {k: max(v, 1e-6) / 127.0 for k, v in amax.items()}
+                calibration.update(method="percentile 99.99 of |x| per TernaryLinear input", crops=opts.calib_n)
+                deviations.append(
+                    "TensorRT has no per-token activation scales: BitNet's per-token absmax int8 "
+                    "activations become static per-tensor Q/DQ with calibrated scales"
+                )
+            say(f"lowering TernaryLinear -> {lowering_used}")
+            lowered = lowering.lower(canonical, lowering_used, scales)
+            set_metadata(lowered, {"edgedf.lowering": lowering_used})
+            model_path = work / "model.onnx"
+            _save_onnx(lowered, model_path)
+        elif precision == "int8-ptq" and backend in ("ort", "tensorrt"):
+            say(f"post-training quantisation on {opts.calib_n} crops")
+            model_path = work / "model.onnx"
+            calibration.update(
+                ptq.ort_quantize(canon_path, model_path, source, opts.calib_n, tensorrt=backend == "tensorrt")
+            )
+        else:
+            model_path = canon_path
+        if backend == "openvino":
+            entry = "model.xml"
+            if precision == "int8-ptq":
+                say(f"NNCF quantisation on {opts.calib_n} crops")
+                calibration.update(ptq.openvino_quantize(canon_path, tmp / entry, source, opts.calib_n))
+            else:
+                _to_openvino(model_path, tmp / entry, fp16=precision == "fp16")
+        else:
+            proto = onnx.load(str(model_path))
+            set_metadata(proto, {"edgedf.precision": precision, "edgedf.target": profile.name})
+            _save_onnx(proto, tmp / entry)
+        if backend == "tensorrt" and precision == "fp16":
+            deviations.append("fp16 is a TensorRT builder flag: the ONNX is fp32 and parity here is checked in fp32")
+
+        files = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        bundle_bytes = sum(f["bytes"] for f in files.values())
+        cfg = ck.config
+        fp32_bytes = size_bytes(cfg)["fp32"]
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "edgedf_version": edgedf.__version__,
+            "model": {
+                "arch": "vit",
+                "variant": cfg.variant,
+                "preset": cfg.preset,
+                "params": count_params(ck.model),
+                "img_size": cfg.img_size,
+                "config": cfg.to_dict(),
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "checkpoint_sha256": sha256_file(ck.path / "model.safetensors"),
+                "meta": ck.meta,
+            },
+            "target": profile.name,
+            "device": profile.device,
+            "backend": backend,
+            "precision": precision,
+            "lowering": lowering_used,
+            "threads": profile.threads,
+            "entry": entry,
+            "files": files,
+            "input": {
+                "name": INPUT,
+                "shape": [opts.batch, cfg.in_chans, cfg.img_size, cfg.img_size],
+                "dtype": "float32",
+                "batch": opts.batch,
+            },
+            "output": {"name": OUTPUT, "shape": [opts.batch, cfg.num_classes], "dtype": "float32"},
+            "preprocessing": ck.spec.to_dict(),
+            "labels": ck.labels,
+            "fake_index": ck.labels.index("fake") if "fake" in ck.labels else len(ck.labels) - 1,
+            "threshold": float(ck.meta.get("threshold", 0.5)),
+            "calibration": calibration,
+            "size": {
+                "bundle_bytes": bundle_bytes,
+                "fp32_weight_bytes": fp32_bytes,
+                "ratio_fp32_weights_to_bundle": round(fp32_bytes / bundle_bytes, 2),
+            },
+            "deviations": deviations,
+            "notes": notes,
+            "parity": None,
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        if opts.verify:
+            say(f"verifying against PyTorch on {opts.verify_n} crops")
+            bundle = load_bundle(tmp)
+            manifest["parity"] = verify(bundle, ck.model, source, n=opts.verify_n)
+            atomic_write_json(tmp / MANIFEST, manifest)
+            ran = {k: v for k, v in manifest["parity"]["backends"].items() if v.get("status") == "ok"}
+            if not ran:
+                raise EdgedfError("verification could not run the bundle on any backend here (use --no-verify)")
+            for name, r in ran.items():
+                agree = r["decisive_agreement"]
+                if agree is not None and agree < opts.min_agreement:
+                    raise EdgedfError(
+                        f"verification failed: {name} agrees with PyTorch on {agree:.1%} of the "
+                        f"{r['decisive_crops']} decisive crops (< {opts.min_agreement:.0%}; "
+                        f"max |dp| {r['max_abs_dp']:.3g}); no bundle written (--no-verify to keep it anyway)"
+                    )
+    return out, manifest

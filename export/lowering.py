@@ -1,0 +1,253 @@
+"""Lowering passes: rewrite the canonical `edgedf::TernaryLinear` node into what each backend runs fastest.
+
+Each pass is a rule in the spirit of onnxscript's rewriter: a pattern (one TernaryLinear node with
+constant packed weights) and a replacement (a short list of standard or com.microsoft nodes). The
+weights stay 2-bit on disk in every form: where a backend computes in int8, the replacement reads them
+through `edgedf::UnpackTernary`, which ONNX Runtime constant-folds at session start and which the
+TensorRT loader expands to an int8 initializer before the engine build (runtime/ternary.py).
+
+    int8-exact        ONNX Runtime: per-token int8 codes (uint8 + 128) x ternary int8 weights in
+                      MatMulInteger; int32 accumulation is exact, so this is BitNet's integer arithmetic.
+    int8-dynamic      ONNX Runtime: DynamicQuantizeMatMul (per-tensor dynamic uint8 activations).
+    matmulnbits-2bit  ONNX Runtime ARM64 / OpenVINO: com.microsoft::MatMulNBits bits=2 on the packed codes
+                      (zero point 1, one scale g per block); OpenVINO reads it as u2-compressed weights.
+    int8-qdq          TensorRT: static per-tensor activation Q/DQ (scales calibrated on data; TensorRT has
+                      no per-token scales) and int8 DequantizeLinear weights holding the exact codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+from onnx import helper as oh
+
+from edgedf.runtime.errors import EdgedfError
+
+from .ternary_op import DOMAIN, EPS, attach_functions
+
+LOWERINGS = ("int8-exact", "int8-dynamic", "matmulnbits-2bit", "int8-qdq")
+
+
+@dataclass
+class Context:
+    model: onnx.ModelProto
+    act_scales: dict[str, float] = field(default_factory=dict)  # TernaryLinear input name -> static scale
+    new_inits: list[onnx.TensorProto] = field(default_factory=list)
+    _n: int = 0
+
+    def __post_init__(self) -> None:
+        self.inits = {i.name: i for i in self.model.graph.initializer}
+
+    def const(self, name: str) -> np.ndarray:
+        if name not in self.inits:
+            raise EdgedfError(f"lowering needs {name!r} to be a constant initializer")
+        return numpy_helper.to_array(self.inits[name])
+
+    def name(self, base: str) -> str:
+        self._n += 1
+        return f"{base}__l{self._n}"
+
+    def add(self, array: np.ndarray, base: str) -> str:
+        n = self.name(base)
+        self.new_inits.append(numpy_helper.from_array(np.asarray(array), n))
+        return n
+
+    def scalar(self, value, dtype, base: str) -> str:
+        return self.add(np.asarray(value, dtype=dtype), base)
+
+
+Rule = Callable[[onnx.NodeProto, Context], list[onnx.NodeProto]]
+
+
+def _act_quant_nodes(x: str, ctx: Context, base: str) -> tuple[list[onnx.NodeProto], str, str]:
+    """Per-token absmax: returns nodes, the rounded codes q (float, in [-128, 127]) and the scale s."""
+    n = ctx.name
+    amax, amax_c, s, xs, r, q = (
+        n(f"{base}_amax"),
+        n(f"{base}_amaxc"),
+        n(f"{base}_s"),
+        n(f"{base}_xs"),
+        n(f"{base}_r"),
+        n(f"{base}_q"),
+    )
+    axes = ctx.add(np.array([-1], np.int64), f"{base}_axes")
+    abs_out = n(f"{base}_abs")
+    nodes = [
+        oh.make_node("Abs", [x], [abs_out], name=n(base)),
+        oh.make_node("ReduceMax", [abs_out, axes], [amax], keepdims=1, name=n(base)),
+        oh.make_node("Max", [amax, ctx.scalar(EPS, np.float32, "eps")], [amax_c], name=n(base)),
+        oh.make_node("Div", [ctx.scalar(127.0, np.float32, "c127"), amax_c], [s], name=n(base)),
+        oh.make_node("Mul", [x, s], [xs], name=n(base)),
+        oh.make_node("Round", [xs], [r], name=n(base)),
+        oh.make_node(
+            "Clip", [r, ctx.scalar(-128.0, np.float32, "lo"), ctx.scalar(127.0, np.float32, "hi")], [q], name=n(base)
+        ),
+    ]
+    return nodes, q, s
+
+
+def _node_parts(node: onnx.NodeProto, ctx: Context):
+    x, w_packed, w_scale, bias = node.input
+    packed = ctx.const(w_packed)
+    n_out, k = packed.shape[0], packed.shape[1] * 4
+    return x, w_packed, w_scale, bias, n_out, k
+
+
+def lower_int8_exact(node: onnx.NodeProto, ctx: Context) -> list[onnx.NodeProto]:
+    x, w_packed, w_scale, bias, _, _ = _node_parts(node, ctx)
+    base, n = node.name or "tl", ctx.name
+    nodes, q, s = _act_quant_nodes(x, ctx, base)
+    q_shift, q_u8, w_t, acc, acc_f, ratio, y0 = (
+        n(f"{base}_{t}") for t in ("qs", "qu8", "wt", "acc", "accf", "ratio", "y0")
+    )
+    nodes += [
+        oh.make_node("Add", [q, ctx.scalar(128.0, np.float32, "c128")], [q_shift], name=n(base)),
+        oh.make_node("Cast", [q_shift], [q_u8], to=TensorProto.UINT8, name=n(base)),
+        oh.make_node("UnpackTernary", [w_packed], [w_t], domain=DOMAIN, name=n(base)),
+        oh.make_node("MatMulInteger", [q_u8, w_t, ctx.scalar(128, np.uint8, "azp")], [acc], name=n(base)),
+        oh.make_node("Cast", [acc], [acc_f], to=TensorProto.FLOAT, name=n(base)),
+        oh.make_node("Div", [w_scale, s], [ratio], name=n(base)),  # g / s per token
+        oh.make_node("Mul", [acc_f, ratio], [y0], name=n(base)),
+        oh.make_node("Add", [y0, bias], [node.output[0]], name=n(base)),
+    ]
+    return nodes
+
+
+def lower_int8_dynamic(node: onnx.NodeProto, ctx: Context) -> list[onnx.NodeProto]:
+    x, w_packed, w_scale, bias, _, _ = _node_parts(node, ctx)
+    base, n = node.name or "tl", ctx.name
+    nodes, q, s = _act_quant_nodes(x, ctx, base)
+    xq, w_t = n(f"{base}_xq"), n(f"{base}_wt")
+    nodes += [
+        oh.make_node("Div", [q, s], [xq], name=n(base)),  # BitNet's per-token fake-quantised input
+        oh.make_node("UnpackTernary", [w_packed], [w_t], domain=DOMAIN, name=n(base)),
+        oh.make_node(
+            "DynamicQuantizeMatMul",
+            [xq, w_t, w_scale, ctx.scalar(0, np.int8, "bzp"), bias],
+            [node.output[0]],
+            domain="com.microsoft",
+            name=n(base),
+        ),
+    ]
+    return nodes
+
+
+def _block_size(k: int) -> int:
+    """One fp32 scale per block costs 4 bytes per bs/4 bytes of codes: large blocks keep the file 2-bit."""
+    return 128 if k >= 128 else max(16, 1 << (k - 1).bit_length())
+
+
+def lower_matmulnbits(node: onnx.NodeProto, ctx: Context, accuracy_level: int = 4) -> list[onnx.NodeProto]:
+    x, w_packed, w_scale, bias, n_out, k = _node_parts(node, ctx)
+    base, n = node.name or "tl", ctx.name
+    nodes, q, s = _act_quant_nodes(x, ctx, base)
+    bs = _block_size(k)
+    blocks = -(-k // bs)
+    # pack_ternary's layout (c+1, element i of a group in bits 2i) is MatMulNBits' 2-bit layout; a last
+    # partial block is padded with code 0 (bytes 0b01010101)
+    packed = ctx.const(w_packed)
+    pad = blocks * bs // 4 - packed.shape[1]
+    if pad:
+        packed = np.concatenate([packed, np.full((n_out, pad), 0b01010101, np.uint8)], axis=1)
+    b = ctx.add(packed.reshape(n_out, blocks, bs // 4), f"{base}_B")
+    g = float(ctx.const(w_scale))
+    scales = ctx.add(np.full(n_out * blocks, g, np.float32), f"{base}_scales")
+    zp = ctx.add(np.full(n_out * ((blocks * 2 + 7) // 8), 0b01010101, np.uint8), f"{base}_zp")  # zero point 1
+    xq, y0 = n(f"{base}_xq"), n(f"{base}_y0")
+    nodes += [
+        oh.make_node("Div", [q, s], [xq], name=n(base)),
+        oh.make_node(
+            "MatMulNBits",
+            [xq, b, scales, zp],
+            [y0],
+            domain="com.microsoft",
+            K=k,
+            N=n_out,
+            bits=2,
+            block_size=bs,
+            accuracy_level=accuracy_level,
+            name=n(base),
+        ),
+        oh.make_node("Add", [y0, bias], [node.output[0]], name=n(base)),
+    ]
+    return nodes
+
+
+def lower_int8_qdq(node: onnx.NodeProto, ctx: Context) -> list[onnx.NodeProto]:
+    x, w_packed, w_scale, bias, _, _ = _node_parts(node, ctx)
+    if x not in ctx.act_scales:
+        raise EdgedfError(f"int8-qdq lowering needs a calibrated activation scale for {x}")
+    base, n = node.name or "tl", ctx.name
+    sx = ctx.scalar(ctx.act_scales[x], np.float32, f"{base}_sx")
+    zp8 = ctx.scalar(0, np.int8, "zp8")
+    xq, xdq, w_t, w_dq, y0 = (n(f"{base}_{t}") for t in ("xq", "xdq", "wt", "wdq", "y0"))
+    return [
+        oh.make_node("QuantizeLinear", [x, sx, zp8], [xq], name=n(base)),
+        oh.make_node("DequantizeLinear", [xq, sx, zp8], [xdq], name=n(base)),
+        oh.make_node("UnpackTernary", [w_packed], [w_t], domain=DOMAIN, name=n(base)),
+        oh.make_node("DequantizeLinear", [w_t, w_scale, zp8], [w_dq], name=n(base)),
+        oh.make_node("MatMul", [xdq, w_dq], [y0], name=n(base)),
+        oh.make_node("Add", [y0, bias], [node.output[0]], name=n(base)),
+    ]
+
+
+RULES: dict[str, Rule] = {
+    "int8-exact": lower_int8_exact,
+    "int8-dynamic": lower_int8_dynamic,
+    "matmulnbits-2bit": lower_matmulnbits,
+    "int8-qdq": lower_int8_qdq,
+}
+
+
+def ternary_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [nd for nd in model.graph.node if nd.domain == DOMAIN and nd.op_type == "TernaryLinear"]
+
+
+def lower(model: onnx.ModelProto, lowering: str, act_scales: dict[str, float] | None = None) -> onnx.ModelProto:
+    """Apply one lowering rule to every TernaryLinear node; returns a new model (the input is untouched)."""
+    if lowering not in RULES:
+        raise EdgedfError(f"unknown lowering {lowering!r}; choose one of {', '.join(LOWERINGS)}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    ctx = Context(out, act_scales=dict(act_scales or {}))
+    rule = RULES[lowering]
+    new_nodes: list[onnx.NodeProto] = []
+    for node in out.graph.node:
+        if node.domain == DOMAIN and node.op_type == "TernaryLinear":
+            new_nodes.extend(rule(node, ctx))
+        else:
+            new_nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    out.graph.initializer.extend(ctx.new_inits)
+    prune_initializers(out)
+    # functions: keep only those still referenced
+    used = {nd.op_type for nd in out.graph.node if nd.domain == DOMAIN}
+    keep_f = [f for f in out.functions if f.domain != DOMAIN or f.name in used]
+    del out.functions[:]
+    out.functions.extend(keep_f)
+    if not used:
+        keep_o = [o for o in out.opset_import if o.domain != DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(keep_o)
+    if any(nd.domain == "com.microsoft" for nd in out.graph.node) and not any(
+        o.domain == "com.microsoft" for o in out.opset_import
+    ):
+        out.opset_import.append(oh.make_opsetid("com.microsoft", 1))
+    attach_functions(out)
+    return out
+
+
+def prune_initializers(model: onnx.ModelProto) -> None:
+    """Drop initializers no node reads (e.g. packed weights a lowering re-laid out)."""
+    used = {i for nd in model.graph.node for i in nd.input} | {o.name for o in model.graph.output}
+    for nd in model.graph.node:  # subgraphs are not used by these models; keep it simple but safe
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in nd.attribute):
+            return
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)

@@ -1,0 +1,185 @@
+"""End-to-end exports of tiny random-init models to every target and precision (acceptance of #3)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgedf.cli import app
+from edgedf.export.api import ExportOptions, export_bundle
+from edgedf.export.calib import CropSource
+from edgedf.runtime.backends import BackendOptions, open_classifier
+from edgedf.runtime.bundle import load_bundle
+from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.ternary import expand_packed_ternary
+from edgedf.train.checkpoint import load_checkpoint
+
+runner = CliRunner()
+
+MATRIX = [
+    # (checkpoint, target, precision)
+    *[("fp", t, "fp32") for t in ("jetson", "cpu", "rpi", "rpi4", "ort")],
+    ("fp", "jetson", "fp16"),
+    ("fp", "cpu", "fp16"),
+    *[("fp", t, "int8-ptq") for t in ("jetson", "cpu", "rpi", "rpi4", "ort")],
+    *[("qat", t, "int8-qat") for t in ("jetson", "cpu", "rpi", "rpi4", "ort")],
+    *[("bit", t, "ternary") for t in ("jetson", "cpu", "rpi", "rpi4", "ort")],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ck, target, precision", MATRIX, ids=[f"{c}-{t}-{p}" for c, t, p in MATRIX])
+def test_export_every_target_and_precision(checkpoints, tmp_path, ck, target, precision):
+    out = tmp_path / "bundle"
+    path, manifest = export_bundle(
+        checkpoints[ck],
+        ExportOptions(target=target, precision=precision, out=out, verify_n=256, calib_n=64, min_agreement=0.95),
+    )
+    bundle = load_bundle(path)  # hashes and version checked
+    assert bundle.manifest["precision"] == precision and bundle.manifest["target"] == target
+    assert not list(tmp_path.glob(".*partial"))
+    parity = manifest["parity"]["backends"]
+    ran = {k: v for k, v in parity.items() if v["status"] == "ok"}
+    assert ran, parity
+    for r in ran.values():
+        assert r["decisive_agreement"] is None or r["decisive_agreement"] >= 0.95, r
+    if precision == "fp32":
+        assert all(r["max_abs_dp"] <= 1e-4 for r in ran.values()), ran
+    if manifest["backend"] == "tensorrt":
+        model = onnx.load_from_string(expand_packed_ternary(bundle.entry.read_bytes()))
+        onnx.checker.check_model(model)
+        from test_lowering import TENSORRT_OPS
+
+        assert {n.op_type for n in model.graph.node} <= TENSORRT_OPS
+        if precision in ("int8-ptq", "int8-qat", "ternary"):
+            qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+            assert qs, "explicit quantisation expected"
+            inits = {i.name: i for i in model.graph.initializer}
+            for q in qs:  # TensorRT: symmetric int8, zero point 0
+                zp = onnx.numpy_helper.to_array(inits[q.input[2]])
+                assert zp.dtype == np.int8 and not zp.any()
+    else:
+        clf = open_classifier(bundle, options=BackendOptions(threads=1))
+        x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+        assert clf.infer(x).shape == (5, 2)
+
+
+def _parity_256(checkpoints, tmp_path, ck, target, precision):
+    path, manifest = export_bundle(
+        checkpoints[ck], ExportOptions(target=target, precision=precision, out=tmp_path / "b", verify_n=8)
+    )
+    bundle = load_bundle(path)
+    model = load_checkpoint(checkpoints[ck]).model
+    x = CropSource("random", [], bundle.spec, seed=5).crops(256)
+    with torch.no_grad():
+        p_ref = torch.softmax(model(torch.from_numpy(x)), 1)[:, 1].numpy()
+    p = open_classifier(bundle).p_fake(x)
+    return p_ref, p
+
+
+@pytest.mark.parametrize("target", ["ort", "cpu"])
+def test_fp32_parity_1e4(checkpoints, tmp_path, target):
+    p_ref, p = _parity_256(checkpoints, tmp_path, "fp", target, "fp32")
+    assert np.abs(p - p_ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("target", ["ort", "rpi", "cpu"])
+def test_ternary_decision_agreement(checkpoints, tmp_path, target):
+    p_ref, p = _parity_256(checkpoints, tmp_path, "bit", target, "ternary")
+    assert ((p >= 0.5) == (p_ref >= 0.5)).mean() >= 0.995
+    assert np.std(p_ref) > 0.1  # the test model's outputs are spread out, so agreement means something
+
+
+def test_manifest_contents(checkpoints, tmp_path):
+    path, m = export_bundle(
+        checkpoints["bit"], ExportOptions(target="jetson", out=tmp_path / "b", verify_n=32, calib_n=32)
+    )
+    assert m["precision"] == "ternary" and m["backend"] == "tensorrt" and m["lowering"] == "int8-qdq"
+    assert m["deviations"] and "per-token" in m["deviations"][0]
+    assert m["calibration"]["needed"] and m["calibration"]["source"] == "random"
+    assert any("random images" in n for n in m["notes"])
+    on_disk = json.loads((path / "manifest.json").read_text())
+    assert on_disk["parity"]["proxy_for"] == "tensorrt"
+    assert set(on_disk["files"]) == {"model.onnx"}
+    meta = {p.key: p.value for p in onnx.load(str(path / "model.onnx")).metadata_props}
+    assert "edgedf.preprocessing" in meta and meta["edgedf.precision"] == "ternary"
+
+
+def test_calibration_from_data(checkpoints, tmp_path):
+    import cv2
+
+    data = tmp_path / "crops"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        cv2.imwrite(str(data / f"{i}.png"), rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    path, m = export_bundle(
+        checkpoints["fp"],
+        ExportOptions(
+            target="ort",
+            precision="int8-ptq",
+            data=data,
+            fraction=0.5,
+            out=tmp_path / "b",
+            verify_n=16,
+            calib_n=16,
+            min_agreement=0.0,
+        ),
+    )
+    assert m["calibration"]["source"] == "data" and m["calibration"]["images"] == 6
+    assert not m["notes"]
+
+
+def test_verification_gate_removes_bundle(checkpoints, tmp_path):
+    with pytest.raises(EdgedfError, match="verification failed"):  # an unreachable gate must fire
+        export_bundle(
+            checkpoints["fp"], ExportOptions(target="ort", out=tmp_path / "b", verify_n=32, min_agreement=1.01)
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/missing", "--target", "ort"], "checkpoint not found"),
+        (["{corrupt}", "--target", "ort"], "corrupted"),
+        (["{fp}", "--target", "tpu"], "unknown target 'tpu'"),
+        (["{fp}", "--target", "rpi", "--precision", "fp16"], "cannot do fp16"),
+        (["{fp}", "--target", "ort", "--precision", "ternary"], "needs a BitLinear"),
+        (["{fp}", "--target", "ort", "--precision", "int8-qat"], "QAT-trained checkpoint"),
+        (["{fp}", "--target", "ort", "--precision", "int8-ptq", "--data", "{tmp}"], "has no images"),
+        (["{fp}", "--target", "ort", "--precision", "int8-ptq", "--data", "{tmp}/nope"], "not found"),
+        (["{fp}", "--target", "ort", "--out", "{tmp}"], "already exists"),
+        (["{fp}", "--target", "ort", "--imgsz", "64"], "differs from the checkpoint"),
+    ],
+)
+def test_export_bad_input(checkpoints, tmp_path, args, message):
+    import shutil
+
+    corrupt = tmp_path / "corrupt_ck"
+    shutil.copytree(checkpoints["fp"], corrupt)
+    w = corrupt / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-8] + b"\x00" * 8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.format(tmp=empty, fp=checkpoints["fp"], corrupt=corrupt) for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = runner.invoke(app, ["export", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_export_cli_summary(checkpoints, tmp_path):
+    out = tmp_path / "b"
+    r = runner.invoke(
+        app,
+        ["export", str(checkpoints["bit"]), "--target", "rpi", "--out", str(out), "--verify-n", "32"],
+        env={"COLUMNS": "200"},
+    )
+    assert r.exit_code == 0, r.output
+    assert "matmulnbits-2bit" in r.output and "parity ort" in r.output and str(out) in r.output
+    assert load_bundle(out).manifest["precision"] == "ternary"

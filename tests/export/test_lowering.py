@@ -1,0 +1,147 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from export_helpers import tiny_model
+
+from edgedf.export.calib import CropSource
+from edgedf.export.lowering import LOWERINGS, lower, ternary_nodes
+from edgedf.export.onnx_export import export_onnx
+from edgedf.export.ptq import ternary_act_amax
+from edgedf.export.ternary_op import DOMAIN
+from edgedf.runtime.spec import FaceCropSpec
+from edgedf.runtime.ternary import expand_packed_ternary
+
+# Ops TensorRT 10's ONNX parser supports that these graphs can contain (onnx-tensorrt operators.md).
+TENSORRT_OPS = {
+    "Abs",
+    "Add",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "DequantizeLinear",
+    "Div",
+    "Equal",
+    "Erf",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "Identity",
+    "LayerNormalization",
+    "MatMul",
+    "Max",
+    "Min",
+    "Mul",
+    "Neg",
+    "Pow",
+    "QuantizeLinear",
+    "Range",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMean",
+    "Relu",
+    "Reshape",
+    "Round",
+    "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+}
+
+
+@pytest.fixture(scope="module")
+def canonical():
+    model = tiny_model("bit", seed=3)
+    return model, export_onnx(model, spec=FaceCropSpec(input_size=32))
+
+
+def run(proto, x):
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def scales_for(proto):
+    source = CropSource("random", [], FaceCropSpec(input_size=32))
+    return {k: v / 127 for k, v in ternary_act_amax(proto, source, 64).items()}
+
+
+# Per-token lowerings keep BitNet's arithmetic: logits agree with the canonical reference to rounding;
+# int8-qdq (static per-tensor activation scales, TensorRT) and int8-dynamic (per-tensor dynamic) approximate it.
+TOLERANCE = {"int8-exact": 0.02, "matmulnbits-2bit": 0.02, "int8-dynamic": 0.1, "int8-qdq": 0.1}
+
+
+@pytest.mark.parametrize("lowering", LOWERINGS)
+def test_lowering_parity_against_canonical(canonical, lowering):
+    _, proto = canonical
+    lowered = lower(proto, lowering, scales_for(proto) if lowering == "int8-qdq" else None)
+    onnx.checker.check_model(lowered)
+    assert not ternary_nodes(lowered)
+    x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
+    ref, y = run(proto, x), run(lowered, x)
+    rel = np.abs(y - ref).max() / np.abs(ref).max()
+    assert rel <= TOLERANCE[lowering], rel
+    assert (np.argmax(y, 1) == np.argmax(ref, 1)).mean() >= 0.95
+    # weights stay 2-bit on disk: no initializer holds a layer's N*K weights at 8 or 32 bits
+    packed = {i.name: i for i in proto.graph.initializer}
+    sizes = {int(packed[n.input[1]].dims[0] * packed[n.input[1]].dims[1] * 4) for n in ternary_nodes(proto)}
+    for init in lowered.graph.initializer:
+        numel = int(np.prod(init.dims)) if init.dims else 1
+        assert not (numel in sizes and init.data_type != onnx.TensorProto.UINT8), init.name
+    assert ternary_nodes(proto), "the input model must be left untouched"
+
+
+def test_int8_exact_is_bitnet_integer_arithmetic(canonical):
+    """MatMulInteger over per-token int8 codes and ternary weights is exact: it matches the torch
+    BitLinear model as closely as the canonical float reference does."""
+    model, proto = canonical
+    x = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    y_exact, y_canon = run(lower(proto, "int8-exact"), x.numpy()), run(proto, x.numpy())
+    assert np.abs(y_exact - ref).max() <= 2 * np.abs(y_canon - ref).max() + 1e-4
+
+
+def test_int8_qdq_needs_scales(canonical):
+    from edgedf.runtime.errors import EdgedfError
+
+    with pytest.raises(EdgedfError, match="calibrated activation scale"):
+        lower(canonical[1], "int8-qdq")
+
+
+def test_unknown_lowering(canonical):
+    from edgedf.runtime.errors import EdgedfError
+
+    with pytest.raises(EdgedfError, match="unknown lowering"):
+        lower(canonical[1], "int4-magic")
+
+
+def test_tensorrt_expansion_leaves_only_tensorrt_ops(canonical):
+    _, proto = canonical
+    lowered = lower(proto, "int8-qdq", scales_for(proto))
+    assert any(n.domain == DOMAIN and n.op_type == "UnpackTernary" for n in lowered.graph.node)
+    expanded = onnx.load_from_string(expand_packed_ternary(lowered.SerializeToString()))
+    onnx.checker.check_model(expanded, full_check=True)
+    ops = {n.op_type for n in expanded.graph.node}
+    assert ops <= TENSORRT_OPS, ops - TENSORRT_OPS
+    assert not expanded.functions and all(n.domain == "" for n in expanded.graph.node)
+    # the int8 weights feed DequantizeLinear directly, as TensorRT's explicit quantisation wants
+    inits = {i.name: i for i in expanded.graph.initializer}
+    dq_w = [n for n in expanded.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(dq_w) == 4 * 2 and all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in dq_w)
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(run(expanded, x), run(lowered, x), atol=1e-5)
