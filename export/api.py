@@ -89,7 +89,12 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
     if opts.batch is not None and opts.batch < 1:
         raise EdgedfError(f"--batch must be >= 1, got {opts.batch}")
     source = crop_source(opts.data, ck.spec, opts.fraction, opts.seed)
-    needs_calibration = precision == "int8-ptq" or (precision == "ternary" and backend == "tensorrt")
+    lowering_used = (opts.lowering or profile.ternary_lowering) if precision == "ternary" else None
+    if opts.lowering and precision != "ternary":
+        raise EdgedfError("--lowering applies to ternary exports only")
+    if lowering_used and lowering_used not in lowering.LOWERINGS:
+        raise EdgedfError(f"unknown lowering {lowering_used!r}; choose one of {', '.join(lowering.LOWERINGS)}")
+    needs_calibration = precision == "int8-ptq" or lowering_used == "int8-qdq"
     notes = list(opts.notes)
     if needs_calibration and source.kind == "random":
         notes.append("calibrated on random images (no --data): int8 ranges may not fit real faces")
@@ -99,7 +104,6 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
         ck.model, imgsz=opts.imgsz, batch=opts.batch or 1, dynamic=opts.batch is None, spec=ck.spec, labels=ck.labels
     )
     calibration: dict = {"needed": needs_calibration, **source.describe(), "fraction": opts.fraction}
-    lowering_used = None
     deviations: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgedf-export-") as work_s, atomic_dir(out) as tmp:
         work = Path(work_s)
@@ -107,7 +111,6 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
         _save_onnx(canonical, canon_path)
         entry = "model.onnx"
         if precision == "ternary":
-            lowering_used = opts.lowering or ("matmulnbits-2bit" if backend == "openvino" else profile.ternary_lowering)
             scales = None
             if lowering_used == "int8-qdq":
                 say(f"calibrating activation ranges on {opts.calib_n} crops")
@@ -131,7 +134,7 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             )
         else:
             model_path = canon_path
-        if backend == "openvino":
+        if backend == "openvino" and not (precision == "ternary" and lowering_used != "matmulnbits-2bit"):
             entry = "model.xml"
             if precision == "int8-ptq":
                 say(f"NNCF quantisation on {opts.calib_n} crops")

@@ -49,5 +49,15 @@ class OpenVinoSession:
         return [np.asarray(res[o]) for o in self._compiled.outputs]
 
 
+def model_for_bundle(bundle) -> Path | bytes:
+    """IR files load as they are; an ONNX entry (a ternary bundle lowered to int8 Q/DQ) keeps its weights
+    2-bit on disk and is expanded to int8 here: OpenVINO does not run edgedf's UnpackTernary function."""
+    if bundle.entry.suffix != ".onnx":
+        return bundle.entry
+    from ..ternary import expand_packed_ternary
+
+    return expand_packed_ternary(bundle.entry.read_bytes())
+
+
 def open(model: Path | bytes, options) -> OpenVinoSession:  # noqa: A001
     return OpenVinoSession(model, threads=options.threads, device=options.device)

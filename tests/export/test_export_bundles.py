@@ -183,3 +183,19 @@ def test_export_cli_summary(checkpoints, tmp_path):
     assert r.exit_code == 0, r.output
     assert "matmulnbits-2bit" in r.output and "parity ort" in r.output and str(out) in r.output
     assert load_bundle(out).manifest["precision"] == "ternary"
+
+
+def test_openvino_ternary_forms(checkpoints, tmp_path):
+    # default: int8 Q/DQ ONNX with 2-bit weights, expanded to int8 when OpenVINO loads it
+    path, m = export_bundle(checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "a", verify_n=32))
+    assert m["entry"] == "model.onnx" and m["lowering"] == "int8-qdq"
+    graph = onnx.load(str(path / "model.onnx")).graph
+    assert any(n.op_type == "UnpackTernary" for n in graph.node)
+    # --lowering matmulnbits-2bit: an OpenVINO IR whose ternary weights are u2 constants
+    path, m = export_bundle(
+        checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "b", verify_n=32, lowering="matmulnbits-2bit")
+    )
+    assert m["entry"] == "model.xml"
+    assert (path / "model.xml").read_text().count('element_type="u2"') == 4 * 2
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    assert open_classifier(load_bundle(path)).infer(x).shape == (3, 2)
