@@ -219,7 +219,7 @@ def models_check(
 
 
 # Commands that live in their own modules: edgedf/commands/<name>.py defines `register(app)`.
-COMMAND_MODULES: tuple[str, ...] = ("prepare", "train", "eval", "export", "run", "demo")
+COMMAND_MODULES: tuple[str, ...] = ("prepare", "train", "eval", "export", "run", "demo", "bench", "report", "study")
 for _name in COMMAND_MODULES:
     __import__(f"edgedf.commands.{_name}", fromlist=["register"]).register(app)
 

@@ -1,0 +1,410 @@
+"""`edgedf bench`: latency, memory, size and accuracy of bundles on this machine, one row per bundle.
+
+Each bundle runs in a child process (devices/worker.py) with its target profile's threads; the parent
+checks the bundle, prepares the labelled crops once per preprocessing spec, and decides the status:
+
+    ✅ pass  runs here, its parity holds and its AUC is at or above --floor (when given)
+    ❎ fail  runs here, but fails parity or the AUC floor
+    ❌ error does not run here (backend missing, bundle unreadable, backend error), with the reason
+
+Parity, from two sources, both must hold (decisive agreement >= 0.99, as the export gate):
+  1. recorded: the manifest's parity against PyTorch, for the backend that runs the bundle here (a
+     TensorRT bundle's is recorded on ONNX Runtime/OpenVINO as a proxy). Missing (exported with
+     --no-verify) counts as failing: nothing vouches for the bundle's numbers.
+  2. on-device: when the bundle's model is ONNX and runs on another backend than ONNX Runtime (TensorRT
+     on a Jetson, OpenVINO reading ONNX), ONNX Runtime on the same ONNX is the reference here, on the
+     labelled crops (or random inputs without --data): the device's own kernels are checked, not only
+     the export machine's.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedf.runtime.backends import available, backend_module
+from edgedf.runtime.bundle import Bundle, load_bundle
+from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.fsutil import atomic_write_bytes, atomic_write_json
+
+from .auc import roc_auc
+from .data import FaceCrops, LabelledItem, face_crops, list_labelled
+from .profiles import get_profile
+
+PASS, FAIL, ERROR = "✅", "❎", "❌"
+MIN_AGREEMENT = 0.99
+COLUMNS = (
+    "Target",
+    "Backend",
+    "Precision",
+    "Status",
+    "Size (MB)",
+    "AUC frame",
+    "AUC video",
+    "ms/face b1",
+    "faces/s b8",
+    "peak RSS (MB)",
+)
+
+
+@dataclass
+class BenchOptions:
+    data: list[Path] = field(default_factory=list)
+    target: str | None = None  # bench under this profile (threads, backend); default: the bundle's own
+    batches: tuple[int, ...] = (1, 8)
+    runs: int = 50
+    warmup: int = 10
+    floor: float | None = None  # AUC floor (frame AUC; video AUC where there are only videos)
+    threads: int | None = None  # override the profile's threads
+    min_agreement: float = MIN_AGREEMENT
+    timeout_s: float = 1800.0  # per bundle
+
+
+def host_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name, mod in (("ort", "onnxruntime"), ("openvino", "openvino"), ("tensorrt", "tensorrt")):
+        try:
+            versions[name] = __import__(mod).__version__ if available(name) else None
+        except Exception:
+            versions[name] = None
+    import edgedf
+
+    return {
+        "hostname": platform.node(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "edgedf": getattr(edgedf, "__version__", None),
+        "backends": versions,
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def parity_verdict(
+    manifest: dict[str, Any], backend: str, on_device: dict | None, min_agreement: float = MIN_AGREEMENT
+) -> tuple[bool, str | None, dict | None]:
+    """(passes, reason if not, the recorded entry used). See the module docstring."""
+    parity = manifest.get("parity") or {}
+    recorded_all = parity.get("backends") or {}
+    recorded = recorded_all.get(backend)
+    if recorded is None and backend == "tensorrt":  # proxies recorded on the export machine
+        ran = [v for v in recorded_all.values() if v.get("status") == "ok"]
+        recorded = min(ran, key=lambda v: 1.0 if _agree(v) is None else _agree(v)) if ran else None
+    if not recorded or recorded.get("status") != "ok":
+        return False, f"no parity recorded for {backend} (exported with --no-verify?)", recorded
+    a = _agree(recorded)
+    if a is not None and a < min_agreement:
+        why = f"parity: {backend} agrees with PyTorch on {a:.1%} of decisive crops (< {min_agreement:.0%})"
+        return False, why, recorded
+    if on_device is not None:
+        b = _agree(on_device)
+        if b is not None and b < min_agreement:
+            why = f"on-device parity: {backend} agrees with ONNX Runtime on {b:.1%} (< {min_agreement:.0%})"
+            return False, why, recorded
+    return True, None, recorded
+
+
+def _agree(r: dict) -> float | None:
+    # As the export gate: only decisive crops count (p(fake) beyond 0.01 of the threshold); with none,
+    # there is nothing to judge (every crop a coin flip, e.g. an untrained model) and the check passes.
+    return r.get("decisive_agreement")
+
+
+def bundle_size_mb(b: Bundle) -> float:
+    return round(sum(int(f.get("bytes", 0)) for f in b.manifest["files"].values()) / 1e6, 3)
+
+
+class _DataCache:
+    """Labelled items per data folder and aligned crops per (folder, spec), made once per bench call."""
+
+    def __init__(self, data: list[Path], work: Path, threads: int):
+        self.items: list[LabelledItem] = []
+        self.set_of: dict[str, str] = {}  # item path -> the data folder's name (per-set AUC)
+        names = [Path(d).name for d in data]
+        for d, name in zip(data, names, strict=True):
+            name = name if names.count(name) == 1 else str(d)
+            for it in list_labelled(d):
+                self.items.append(it)
+                self.set_of[str(it.path)] = name
+        self.work, self.threads = work, threads
+        self._crops: dict[str, tuple[FaceCrops, Path]] = {}
+
+    def crops(self, bundle: Bundle) -> tuple[FaceCrops, Path | None]:
+        key = bundle.spec.to_json()
+        if key not in self._crops:
+            fc = face_crops(self.items, bundle.spec, self.threads)
+            path = self.work / f"crops{len(self._crops)}.npy"
+            np.save(path, fc.crops)
+            self._crops[key] = (fc, path)
+        fc, path = self._crops[key]
+        return fc, (path if len(fc.crops) else None)
+
+    @property
+    def videos(self) -> list[tuple[str, int]]:
+        return [(str(it.path), it.label) for it in self.items if it.kind == "video"]
+
+
+def bench(bundles: list[Path], opts: BenchOptions, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = say or (lambda m: None)
+    if opts.floor is not None and not opts.data:
+        raise EdgedfError("--floor needs --data: a labelled folder to measure AUC on")
+    if opts.floor is not None and not 0 <= opts.floor <= 1:
+        raise EdgedfError(f"--floor is an AUC in [0, 1], got {opts.floor}")
+    if not opts.batches or min(opts.batches) < 1:
+        raise EdgedfError(f"--batch needs positive batch sizes, got {opts.batches}")
+    if opts.runs < 1:
+        raise EdgedfError(f"--runs must be >= 1, got {opts.runs}")
+    profile_override = get_profile(opts.target) if opts.target else None
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgedf-bench-") as work_s:
+        work = Path(work_s)
+        cache = _DataCache(opts.data, work, opts.threads or 0) if opts.data else None
+        for i, path in enumerate(bundles):
+            say(f"[{i + 1}/{len(bundles)}] {path}")
+            rows.append(bench_one(Path(path), opts, profile_override, cache, work))
+    result = {
+        "kind": "edgedf-bench",
+        "version": 1,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": host_info(),
+        "options": {
+            "data": [str(d) for d in opts.data],
+            "target": opts.target,
+            "batches": list(opts.batches),
+            "runs": opts.runs,
+            "warmup": opts.warmup,
+            "floor": opts.floor,
+            "threads": opts.threads,
+            "min_agreement": opts.min_agreement,
+        },
+        "rows": rows,
+    }
+    if cache is not None:
+        result["data"] = {
+            "images": sum(it.kind == "image" for it in cache.items),
+            "videos": len(cache.videos),
+        }
+    return result
+
+
+def bench_one(path: Path, opts: BenchOptions, profile_override, cache: _DataCache | None, work: Path) -> dict:
+    row: dict[str, Any] = {"bundle": str(path)}
+    try:
+        b = load_bundle(path)
+    except EdgedfError as e:
+        return {**row, "target": opts.target or "?", "backend": "?", "precision": "?", "status": "error",
+                "icon": ERROR, "reason": str(e)}  # fmt: skip
+    m = b.manifest
+    profile = profile_override or _profile_or_none(m.get("target"))
+    backend = profile.backend if profile_override else b.backend
+    threads = opts.threads if opts.threads is not None else (profile.threads if profile else int(m.get("threads", 0)))
+    row.update(
+        target=profile.name if profile else m.get("target"),
+        device=profile.device if profile else None,
+        backend=backend,
+        precision=m["precision"],
+        model=b.describe(),
+        variant=m["model"].get("variant"),
+        trained=m["model"].get("trained", (m["model"].get("meta") or {}).get("trained")),
+        lowering=m.get("lowering"),
+        threads=threads,
+        size_mb=bundle_size_mb(b),
+    )
+    try:
+        backend_module(backend)
+    except EdgedfError as e:
+        return {**row, "status": "error", "icon": ERROR, "reason": str(e)}
+    if not available(backend):
+        return {**row, "status": "error", "icon": ERROR, "reason": f"{_lib(backend)} not installed"}
+
+    crops = cache.crops(b) if cache is not None else (None, None)
+    fc, crops_path = crops
+    job = {
+        "bundle": str(b.path),
+        "backend": backend,
+        "threads": threads,
+        "batches": list(opts.batches),
+        "runs": opts.runs,
+        "warmup": opts.warmup,
+        "crops": str(crops_path) if crops_path else None,
+        "videos": cache.videos if cache is not None else [],
+        "result": str(work / f"result_{abs(hash(str(b.path)))}.json"),
+    }
+    job_path = work / "job.json"
+    atomic_write_bytes(job_path, json.dumps(job).encode())
+    Path(job["result"]).unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgedf.devices.worker", str(job_path)],
+            capture_output=True, text=True, timeout=opts.timeout_s,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {**row, "status": "error", "icon": ERROR, "reason": f"timed out after {opts.timeout_s:.0f} s"}
+    if not Path(job["result"]).is_file():
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+        why = tail[-1] if tail else f"exit code {proc.returncode}"
+        return {**row, "status": "error", "icon": ERROR, "reason": f"worker died: {why}"}
+    res = json.loads(Path(job["result"]).read_text())
+    if not res.get("ok"):
+        return {**row, "status": "error", "icon": ERROR, "reason": res.get("error")}
+
+    row["latency"] = res["latency"]
+    row["load_s"] = res.get("load_s")
+    row["peak_rss_mb"] = res["peak_rss_mb"]
+    lat1, lat8 = res["latency"].get("1"), res["latency"].get("8")
+    row["ms_b1"] = lat1["median_ms"] if lat1 else None
+    row["ms_b1_p90"] = lat1["p90_ms"] if lat1 else None
+    row["ms_b1_p99"] = lat1["p99_ms"] if lat1 else None
+    row["faces_s_b8"] = lat8["faces_per_s"] if lat8 else None
+
+    # accuracy: still-image crops and video crops at frame level; per-video mean p(fake) at video level
+    labels: list[int] = []
+    scores: list[float] = []
+    if fc is not None and res.get("crop_p_fake"):
+        labels += [int(v) for v in fc.labels]
+        scores += res["crop_p_fake"]
+    vid_labels, vid_scores = [], []
+    for v in res.get("videos", []):
+        if v.get("crop_p_fake"):
+            labels += [v["label"]] * len(v["crop_p_fake"])
+            scores += v["crop_p_fake"]
+        if v.get("p_fake_mean") is not None:
+            vid_labels.append(v["label"])
+            vid_scores.append(v["p_fake_mean"])
+    row["auc_frame"] = _r(roc_auc(labels, scores)) if labels else None
+    if cache is not None and len({*cache.set_of.values()}) > 1:  # several data folders: AUC of each too
+        sets = [cache.set_of[n] for n in fc.names] if fc is not None and res.get("crop_p_fake") else []
+        for v in res.get("videos", []):
+            sets += [cache.set_of[v["path"]]] * len(v.get("crop_p_fake") or [])
+        by_set = {}
+        for name in sorted(set(sets)):
+            idx = [i for i, n in enumerate(sets) if n == name]
+            by_set[name] = _r(roc_auc([labels[i] for i in idx], [scores[i] for i in idx]))
+        row["auc_frame_by_set"] = by_set
+    row["auc_video"] = _r(roc_auc(vid_labels, vid_scores)) if vid_labels else None
+    if cache is not None:
+        t = b.threshold
+        row["accuracy"] = {
+            "crops": len(scores),
+            "fake_crops": int(sum(labels)),
+            "acc": _r(float(np.mean((np.asarray(scores) >= t) == np.asarray(labels, bool)))) if scores else None,
+            "threshold": t,
+            "videos": len(vid_labels),
+            "no_face_images": len(fc.no_face) if fc else 0,
+            "unreadable": (fc.unreadable if fc else []) + [v["path"] for v in res.get("videos", []) if v.get("error")],
+        }
+    if "stages_s" in res:
+        row["stages_s"] = res["stages_s"]
+        row["frames_analysed"] = res.get("frames_analysed")
+
+    ok, why, recorded = parity_verdict(m, backend, res.get("on_device_parity"), opts.min_agreement)
+    row["parity"] = {"recorded": recorded, "on_device": res.get("on_device_parity"), "passes": ok}
+    reasons = [] if ok else [why]
+    if opts.floor is not None:
+        auc = row["auc_frame"] if row["auc_frame"] is not None else row["auc_video"]
+        row["floor_ok"] = auc is not None and auc >= opts.floor
+        if not row["floor_ok"]:
+            reasons.append(f"AUC {'n/a' if auc is None else f'{auc:.4f}'} below floor {opts.floor:.4f}")
+    row["status"], row["icon"] = ("pass", PASS) if not reasons else ("fail", FAIL)
+    row["reason"] = "; ".join(reasons) or None
+    return row
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 4)
+
+
+def _lib(backend: str) -> str:
+    return {"ort": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[backend]
+
+
+def _profile_or_none(name):
+    try:
+        return get_profile(name)
+    except EdgedfError:
+        return None
+
+
+def below_floor(result: dict[str, Any]) -> list[dict]:
+    return [r for r in result["rows"] if r.get("floor_ok") is False]
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """One row of the bench table, as strings (Rich and Markdown print the same cells)."""
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    status = row["icon"] + (f" {row['reason']}" if row.get("reason") else "")
+    return [
+        str(row.get("target")),
+        str(row.get("backend")),
+        str(row.get("precision")),
+        status,
+        f(row.get("size_mb"), ".2f"),
+        f(row.get("auc_frame"), ".4f"),
+        f(row.get("auc_video"), ".4f"),
+        _latency_cell(row),
+        f(row.get("faces_s_b8"), ".1f"),
+        f(row.get("peak_rss_mb"), ".0f"),
+    ]
+
+
+def _latency_cell(row: dict[str, Any]) -> str:
+    if row.get("ms_b1") is None:
+        return "-"
+    return f"{row['ms_b1']:.2f} (p90 {row['ms_b1_p90']:.2f}, p99 {row['ms_b1_p99']:.2f})"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(r)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict[str, Any], out: Path) -> tuple[Path, Path, Path]:
+    """bench-<time>.json and bench.md (this call) in `out`, plus one line appended to bench.log.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = result["time"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    jpath = out / f"bench-{stamp}.json"
+    n = 1
+    while jpath.exists():
+        n += 1
+        jpath = out / f"bench-{stamp}-{n}.json"
+    atomic_write_json(jpath, result)
+    md = out / "bench.md"
+    h = result["host"]
+    atomic_write_bytes(
+        md,
+        (
+            f"# edgedf bench · {h['cpu']} · {h['cores']} cores · {result['time']}\n\n"
+            + markdown_table(result["rows"])
+            + "\nms/face b1: median (p90, p99) of batch-1 latency after warm-up; faces/s b8: batch-8 throughput; "
+            "peak RSS of the process that ran the bundle.\n"
+        ).encode(),
+    )
+    log = out / "bench.log.jsonl"
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(result, separators=(",", ":")) + "\n")
+    return jpath, md, log

@@ -1,0 +1,93 @@
+"""Tiny bundles and labelled folders for the devices tests, made on the fly (torch only to make them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def astronaut_bgr() -> np.ndarray:
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def tiny_checkpoint(variant: str, out: Path, seed: int = 0) -> Path:
+    """A random tiny ViT (32 px) whose head is scaled so p(fake) spreads over (0, 1), as a trained one's does."""
+    import torch
+
+    from edgedf.train.checkpoint import save_checkpoint
+    from edgedf.train.vit import ViTConfig, build_model
+
+    torch.manual_seed(seed)
+    m = build_model(ViTConfig(preset=None, img_size=32, patch_size=8, dim=32, depth=2, heads=2, variant=variant))
+    with torch.no_grad():
+        m.head.weight.mul_(100.0)
+    return save_checkpoint(m.eval(), out)
+
+
+def export(ck: Path, target: str, precision: str, out: Path) -> Path:
+    from edgedf.export.api import ExportOptions, export_bundle
+
+    path, _ = export_bundle(ck, ExportOptions(target=target, precision=precision, out=out, verify_n=32, calib_n=32))
+    return path
+
+
+def tamper_parity(src: Path, out: Path, agreement: float | None) -> Path:
+    """A copy of a bundle whose manifest records failed parity (agreement < 0.99), or none (None)."""
+    shutil.copytree(src, out)
+    m = json.loads((out / "manifest.json").read_text())
+    if agreement is None:
+        m["parity"] = None
+    else:
+        for r in m["parity"]["backends"].values():
+            if r.get("status") == "ok":
+                r["decisive_agreement"] = agreement
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+def face_images(n: int, variant: str) -> list[np.ndarray]:
+    """n astronaut photos, shifted and scaled; variant 'fake' is blurred and colour-shifted (a separable cue)."""
+    astro = astronaut_bgr()
+    out = []
+    for i in range(n):
+        s = 0.6 + 0.1 * i
+        img = cv2.resize(astro, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        img = np.roll(img, 7 * i, axis=1)
+        if variant == "fake":
+            img = cv2.GaussianBlur(img, (0, 0), 2.0)
+            img = np.clip(img.astype(np.int16) + np.array([40, -20, 30]), 0, 255).astype(np.uint8)
+        out.append(img)
+    return out
+
+
+def labelled_folder(root: Path, n: int = 4, identical: bool = False) -> Path:
+    """root/real/*.jpg and root/fake/*.jpg; identical=True puts the same images in both (AUC exactly 0.5)."""
+    for label in ("real", "fake"):
+        d = root / label
+        d.mkdir(parents=True)
+        for i, img in enumerate(face_images(n, "real" if identical else label)):
+            cv2.imwrite(str(d / f"{label}_{i}.jpg"), img)
+    return root
+
+
+def tiny_qat_checkpoint(out: Path, seed: int = 1) -> Path:
+    """The tiny fp ViT prepared for QAT with observed activation ranges, as `edgedf train --qat` leaves it."""
+    import torch
+
+    from edgedf.train.checkpoint import save_checkpoint
+    from edgedf.train.qat import observe, prepare_qat
+    from edgedf.train.vit import ViTConfig, build_model
+
+    torch.manual_seed(seed)
+    m = build_model(ViTConfig(preset=None, img_size=32, patch_size=8, dim=32, depth=2, heads=2))
+    with torch.no_grad():
+        m.head.weight.mul_(100.0)
+    m = prepare_qat(m)
+    observe(m, [torch.randn(8, 3, 32, 32) for _ in range(2)])
+    return save_checkpoint(m.eval(), out)

@@ -1,0 +1,154 @@
+"""`edgedf bench` on tiny bundles made here: real ONNX Runtime and OpenVINO runs, the status logic, JSON + log,
+--floor, and accuracy checked against scoring the same crops directly."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from edgedf.cli import app
+from edgedf.devices.bench import BenchOptions, bench, parity_verdict
+from edgedf.devices.data import face_crops, list_labelled
+from edgedf.runtime.backends import available, open_classifier
+from edgedf.runtime.bundle import load_bundle
+
+runner = CliRunner()
+ENV = {"COLUMNS": "250"}
+FAST = ["--runs", "3", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(bundles, labelled, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out")
+    names = ["ort_fp32", "cpu_ternary", "jetson_ternary", "bad_parity", "no_parity"]
+    r = runner.invoke(
+        app, ["bench", *(str(bundles[n]) for n in names), "--data", str(labelled), *FAST, "--out", str(out)], env=ENV
+    )
+    assert r.exit_code == 0, r.output
+    (jpath,) = out.glob("bench-*.json")
+    return r.output, json.loads(jpath.read_text()), out
+
+
+def test_statuses(bench_run):
+    output, result, _ = bench_run
+    rows = {r["bundle"].rsplit("/", 1)[-1]: r for r in result["rows"]}
+    assert rows["ort_fp32"]["icon"] == "✅" and rows["ort_fp32"]["backend"] == "ort"
+    assert rows["cpu_ternary"]["icon"] == "✅" and rows["cpu_ternary"]["backend"] == "openvino"
+    # OpenVINO reads the ternary bundle's ONNX: checked here against ONNX Runtime on the same crops
+    assert rows["cpu_ternary"]["parity"]["on_device"]["decisive_agreement"] >= 0.99
+    assert rows["cpu_ternary"]["parity"]["on_device"]["source"] == "data"
+    if not available("tensorrt"):
+        assert rows["jetson_ternary"]["icon"] == "❌"
+        assert rows["jetson_ternary"]["reason"] == "tensorrt not installed"
+    assert rows["bad_parity"]["icon"] == "❎" and "90.0%" in rows["bad_parity"]["reason"]
+    assert rows["no_parity"]["icon"] == "❎" and "no parity recorded" in rows["no_parity"]["reason"]
+    for col in ("Target", "Backend", "Precision", "Status", "AUC frame", "faces/s b8", "✅", "❎", "❌"):
+        assert col in output
+
+
+def test_measurements(bench_run, bundles, labelled):
+    _, result, _ = bench_run
+    row = next(r for r in result["rows"] if r["bundle"] == str(bundles["ort_fp32"]))
+    lat = row["latency"]
+    assert set(lat) == {"1", "8"} and lat["1"]["runs"] == 3
+    assert 0 < lat["1"]["median_ms"] <= lat["1"]["p90_ms"] <= lat["1"]["p99_ms"]
+    assert row["faces_s_b8"] == pytest.approx(8e3 / lat["8"]["median_ms"], rel=1e-3)
+    assert row["peak_rss_mb"] > 20  # a Python process with numpy and ONNX Runtime
+    b = load_bundle(bundles["ort_fp32"])
+    assert row["size_mb"] == pytest.approx(sum(f["bytes"] for f in b.manifest["files"].values()) / 1e6, abs=1e-3)
+    # frame AUC equals scoring the same aligned crops directly and asking scikit-learn
+    fc = face_crops(list_labelled(labelled), b.spec)
+    assert len(fc.crops) == 8 and not fc.no_face
+    p = open_classifier(b).p_fake(b.spec.to_input(fc.crops, "BGR"))
+    assert row["auc_frame"] == pytest.approx(roc_auc_score(fc.labels, p), abs=1e-4)
+    assert row["auc_video"] is None  # still images only
+    assert row["accuracy"]["crops"] == 8 and row["accuracy"]["fake_crops"] == 4
+
+
+def test_json_table_and_log(bench_run, bundles, tmp_path):
+    _, result, out = bench_run
+    assert result["kind"] == "edgedf-bench" and result["host"]["cores"] >= 1
+    assert "| Target | Backend | Precision | Status |" in (out / "bench.md").read_text()
+    log = out / "bench.log.jsonl"
+    assert len(log.read_text().splitlines()) == 1
+    r = runner.invoke(app, ["bench", str(bundles["ort_fp32"]), *FAST, "--batch", "2", "--out", str(out)], env=ENV)
+    assert r.exit_code == 0, r.output
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["rows"][0]["latency"].keys() == {"2"}
+    assert len(list(out.glob("bench-*.json"))) == 2
+
+
+def test_floor_exit_codes(bundles, coin_flip, tmp_path):
+    # the same images are real and fake: every model scores AUC exactly 0.5
+    args = ["bench", str(bundles["ort_fp32"]), "--data", str(coin_flip), *FAST, "--out", str(tmp_path)]
+    r = runner.invoke(app, [*args, "--floor", "0.6"], env=ENV)
+    assert r.exit_code == 1, r.output
+    assert "below floor" in r.output and "❎" in r.output
+    r = runner.invoke(app, [*args, "--floor", "0.5"], env=ENV)
+    assert r.exit_code == 0, r.output
+
+
+def test_bad_input(bundles, tmp_path):
+    r = runner.invoke(app, ["bench", str(bundles["ort_fp32"]), "--floor", "0.7", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--floor needs --data" in r.output
+    r = runner.invoke(app, ["bench", str(bundles["ort_fp32"]), "--batch", "1,x", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "comma-separated" in r.output
+    # a missing bundle is one ❌ row; the others still run
+    res = bench([tmp_path / "nope", bundles["ort_fp32"]], BenchOptions(runs=2, warmup=1))
+    assert res["rows"][0]["icon"] == "❌" and "not found" in res["rows"][0]["reason"]
+    assert res["rows"][1]["icon"] == "✅"
+
+
+def test_target_override_runs_ort_bundle_on_openvino(bundles):
+    res = bench([bundles["ort_fp32"]], BenchOptions(target="cpu", runs=2, warmup=1))
+    (row,) = res["rows"]
+    assert row["target"] == "cpu" and row["backend"] == "openvino" and row["icon"] == "✅"
+    assert row["parity"]["on_device"]["decisive_agreement"] >= 0.99
+
+
+def test_parity_verdict_rules():
+    ok = {"status": "ok", "agreement": 1.0, "decisive_agreement": 1.0}
+    bad = {"status": "ok", "agreement": 0.97, "decisive_agreement": 0.97}
+    m = {"parity": {"backends": {"ort": ok, "openvino": {"status": "not installed"}}}}
+    assert parity_verdict(m, "ort", None)[0]
+    assert not parity_verdict(m, "openvino", None)[0]  # not verified on that backend at export
+    assert not parity_verdict(m, "ort", bad)[0]  # recorded fine, fails on this device
+    assert not parity_verdict({"parity": {"backends": {"ort": bad}}}, "ort", None)[0]
+    # TensorRT: the export machine's ORT/OpenVINO runs are its recorded proxy
+    assert parity_verdict(m, "tensorrt", None)[0]
+
+
+def test_devices_never_import_torch():
+    import subprocess
+
+    code = (
+        "import sys, edgedf.devices.bench, edgedf.devices.report, edgedf.devices.worker, edgedf.commands.bench; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_videos_give_video_auc_and_stage_timings(bundles, tmp_path):
+    from devices_helpers import astronaut_bgr
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "runtime"))
+    from runtime_media import face_frames, write_h264
+
+    for label, k in (("real", 0), ("fake", 1)):
+        (tmp_path / "v" / label).mkdir(parents=True)
+        frames = face_frames(10, size=(320, 240))
+        if k:
+            frames = [np.clip(f.astype(np.int16) + 40, 0, 255).astype(np.uint8) for f in frames]
+        write_h264(tmp_path / "v" / label / f"{label}.mp4", frames, fps=10)
+    assert astronaut_bgr().shape[2] == 3
+    res = bench([bundles["ort_fp32"]], BenchOptions(data=[tmp_path / "v"], runs=2, warmup=1))
+    (row,) = res["rows"]
+    assert row["icon"] == "✅" and row["auc_video"] in (0.0, 1.0)  # one real, one fake video
+    assert row["frames_analysed"] > 0 and row["stages_s"]["classify"] > 0 and row["stages_s"]["detect"] > 0
+    assert res["data"] == {"images": 0, "videos": 2}

@@ -1,0 +1,95 @@
+"""`edgedf report`: merged Markdown and a self-contained HTML page, parsed back with html.parser."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from html.parser import HTMLParser
+
+from typer.testing import CliRunner
+
+from edgedf.cli import app
+from edgedf.devices.bench import BenchOptions, bench
+from edgedf.devices.report import pareto_front
+
+runner = CliRunner()
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.imgs: list[dict] = []
+        self.tables = 0
+        self.rows = 0
+        self.headings: list[str] = []
+        self._h = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        elif tag == "table":
+            self.tables += 1
+        elif tag == "tr":
+            self.rows += 1
+        self._h = tag in ("h1", "h2", "h3")
+
+    def handle_data(self, data):
+        if self._h:
+            self.headings.append(data)
+            self._h = False
+
+
+def test_pareto_front():
+    pts = [(1.0, 0.7), (2.0, 0.9), (3.0, 0.8), (0.5, 0.6), (2.0, 0.85)]
+    assert pareto_front(pts) == [3, 0, 1]  # (3.0, 0.8) and (2.0, 0.85) are beaten by (2.0, 0.9)
+
+
+def test_report_merges_devices(bundles, labelled, tmp_path):
+    res = bench(
+        [bundles["ort_fp32"], bundles["cpu_ternary"], bundles["jetson_ternary"]],
+        BenchOptions(data=[labelled], runs=2, warmup=1),
+    )
+    # a second "device": the same results as if measured on another host, with stage timings
+    other = copy.deepcopy(res)
+    other["host"].update(cpu="Cortex-A76", hostname="pi5")
+    for r in other["rows"]:
+        r["target"] = "rpi" if r["target"] == "ort" else r["target"]
+        if r.get("ms_b1"):
+            r["ms_b1"] *= 5
+            r["stages_s"] = {"decode": 0.5, "detect": 1.0, "track": 0.1, "align": 0.2, "classify": 0.4, "total": 2.3}
+            r["frames_analysed"] = 20
+    a, b = tmp_path / "x86.json", tmp_path / "pi.json"
+    a.write_text(json.dumps(res))
+    b.write_text(json.dumps(other))
+    out = tmp_path / "report"
+    r = runner.invoke(app, ["report", str(a), str(b), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+
+    page = Page()
+    page.feed((out / "report.html").read_text())
+    assert page.tags[0] == "html" and "style" in page.tags
+    # one table per target: cpu, jetson, ort, rpi
+    assert page.tables == 4
+    assert {"Target cpu", "Target jetson", "Target ort", "Target rpi"} <= set(page.headings)
+    assert page.rows == 4 + 6  # a header row per table, one row per bundle run
+    # three plots, embedded (no file references): latency vs AUC, size, stages
+    assert len(page.imgs) == 3
+    for img in page.imgs:
+        assert img["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert md.count("| Host | Target | Backend |") == 4 and "pi5" in md and "❌ tensorrt not installed" in md
+    for name in ("latency_auc.png", "size.png", "stages.png"):
+        assert f"]({name})" in md and (out / name).stat().st_size > 1000
+
+
+def test_bad_results_file(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('{"kind": "something else"}')
+    r = runner.invoke(app, ["report", str(p), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not an edgedf bench result" in r.output
+    r = runner.invoke(app, ["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not found" in r.output

@@ -1,0 +1,53 @@
+"""`edgedf study` end to end on tiny checkpoints made here (one target, to stay quick)."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+from devices_helpers import tiny_checkpoint, tiny_qat_checkpoint
+from typer.testing import CliRunner
+
+from edgedf.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_study_on_tiny_checkpoints(tmp_path, labelled, coin_flip):
+    pytest.importorskip("torch")
+    fp, bit = tiny_checkpoint("fp", tmp_path / "fp"), tiny_checkpoint("bit", tmp_path / "bit")
+    qat = tiny_qat_checkpoint(tmp_path / "qat")
+    out = tmp_path / "study"
+    args = ["study", "--data", str(labelled), "--data", str(coin_flip), "--fp", str(fp), "--bit", str(bit)]
+    args += ["--qat", str(qat), "--targets", "ort", "--runs", "3", "--verify-n", "32"]
+    r = runner.invoke(app, [*args, "--work", str(tmp_path / "work"), "--out", str(out)], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    study = json.loads((out / "study.json").read_text())
+    assert study["kind"] == "edgedf-study"
+    comp = {c["precision"]: c for c in study["comparison"]}
+    assert set(comp) == {"fp32", "int8-ptq", "int8-qat", "ternary"}
+    assert comp["fp32"]["status"] == "✅" and all(c["status"] in ("✅", "❎") for c in comp.values()), comp
+    assert comp["fp32"]["d_auc_frame"] == 0.0 and comp["fp32"]["speedup_b1_vs_fp32"] == 1.0
+    assert comp["ternary"]["size_vs_fp32"] < 1.0  # 2-bit block weights
+    # per data set AUC; the coin-flip set (same images real and fake) is exactly 0.5 for every arm
+    assert all(c["auc_frame_by_set"]["coinflip"] == 0.5 for c in comp.values())
+    assert all(c["auc_frame_by_set"]["labelled"] is not None for c in comp.values())
+    # the comparison renders: a checkpoints table and the comparison table, plots embedded
+    md = (out / "study.md").read_text()
+    assert "Δ AUC frame" in md and "int8-qat" in md
+
+    class P(HTMLParser):
+        imgs = 0
+        tables = 0
+
+        def handle_starttag(self, tag, attrs):
+            P.imgs += tag == "img" and dict(attrs)["src"].startswith("data:image/png;base64,")
+            P.tables += tag == "table"
+
+    P().feed((out / "study.html").read_text())
+    assert P.tables == 2 and P.imgs == 2  # latency vs AUC, size (no videos: no stage plot)
+    # missing checkpoints without a recipe: one line, exit 2
+    r = runner.invoke(app, ["study", "--data", str(labelled), "--fp", str(fp), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--recipe" in r.output
