@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     @cli_errors
     def train_cmd(
         args: list[str] | None = typer.Argument(
-            None, help="[CONFIG.yaml] [key=value ...]: a YAML config (configs/*.yaml) and overrides (model.depth=6)"
+            None, help="An optional YAML config (configs/*.yaml), then key=value overrides (lr=1e-3 model.depth=6)."
         ),
         out: str | None = typer.Option(None, "--out", "-o", help="Run folder (resumes if it has last/)."),
         task: str | None = typer.Option(None, "--task", help="detect | pretrain"),
