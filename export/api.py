@@ -164,7 +164,8 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
                 "params": count_params(ck.model),
                 "img_size": cfg.img_size,
                 "config": cfg.to_dict(),
-                "checkpoint": str(Path(checkpoint).resolve()),
+                "checkpoint": str(checkpoint),
+                "trained": bool(ck.meta.get("step")),  # set by `edgedf train`; `models init` leaves it out
                 "checkpoint_sha256": sha256_file(ck.path / "model.safetensors"),
                 "meta": ck.meta,
             },

@@ -52,6 +52,14 @@ class Bundle:
     def input_name(self) -> str:
         return self.manifest.get("input", {}).get("name", "input")
 
+    @property
+    def notes(self) -> str | None:
+        """The manifest's notes as one line (export writes a list, older bundles a string)."""
+        n = self.manifest.get("notes")
+        if isinstance(n, list):
+            return " ".join(str(x) for x in n) or None
+        return n or None
+
     def p_fake(self, logits: np.ndarray) -> np.ndarray:
         """Softmax p(fake) from logits [N, C]."""
         z = logits - logits.max(axis=1, keepdims=True)

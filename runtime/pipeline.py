@@ -94,7 +94,7 @@ class Pipeline:
                 "threshold": self.threshold,
                 "input_size": self.bundle.spec.input_size,
                 "preprocessing": self.bundle.spec.to_dict(),
-                "notes": m.get("notes"),
+                "notes": self.bundle.notes,
             },
             "backend": {"name": self.backend, "threads": self.threads, "version": _backend_version(self.backend)},
             "detector": self.detector.describe(),

@@ -1,13 +1,10 @@
-"""Regenerate the default bundle shipped inside the package (runtime/assets/default_bundle/).
+"""Make a small, randomly initialised placeholder bundle (fixed seed, so the files are reproducible):
+the pipeline runs end to end with it, but its verdicts mean nothing, and its manifest says so.
 
-Until a trained model exists this is a small, randomly initialised full-precision ViT (fixed seed, so
-the files are reproducible): the pipeline runs end to end with it, but its verdicts mean nothing, and its
-manifest says so. The exporter (issue #3) will replace it with a trained, verified bundle in the same
-format.
+    python scripts/make_default_bundle.py OUT_DIR     # needs torch (the train extra)
 
-    python scripts/make_default_bundle.py            # needs torch (the train extra)
-
-`make_bundle` is also what the runtime tests use to make tiny bundles.
+`make_bundle` is what the runtime tests use to make tiny bundles. The bundle shipped in the package is
+the trained one: scripts/ship_default_bundle.sh.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEST = ROOT / "runtime" / "assets" / "default_bundle"
 UNTRAINED_NOTE = (
     "UNTRAINED placeholder: a randomly initialised ViT (seed {seed}); its p(fake) scores and verdicts are "
     "meaningless. It exists so the pipeline runs end to end until a trained bundle is exported."
@@ -103,10 +99,15 @@ def make_bundle(
 
 
 def main() -> None:
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python scripts/make_default_bundle.py OUT_DIR")
+    out = Path(sys.argv[1])
     # dim 96, depth 4, 3 heads, patch 16 at 112 px: ~0.5 M parameters, ~2 MB fp32
-    make_bundle(DEST, img_size=112, patch_size=16, dim=96, depth=4, heads=3, seed=0)
-    for f in sorted(DEST.iterdir()):
-        print(f"{f.relative_to(ROOT)}  {f.stat().st_size} bytes")
+    make_bundle(out, img_size=112, patch_size=16, dim=96, depth=4, heads=3, seed=0)
+    for f in sorted(out.iterdir()):
+        print(f"{f}  {f.stat().st_size} bytes")
 
 
 if __name__ == "__main__":

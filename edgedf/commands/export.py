@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         verify_n: int = typer.Option(256, "--verify-n", help="Crops used for verification."),
         calib_n: int = typer.Option(256, "--calib-n", help="Crops used for calibration."),
         lowering: str | None = typer.Option(None, "--lowering", help="Override the target's ternary lowering."),
+        note: list[str] = typer.Option([], "--note", help="A note for the manifest (repeatable): what this is."),
     ) -> None:
         """Export a checkpoint to a verified bundle for one target (TensorRT, OpenVINO or ONNX Runtime)."""
         _need_torch()
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
             verify_n=verify_n,
             calib_n=calib_n,
             lowering=lowering,
+            notes=list(note),
         )
         with console.status("exporting") as status:
             path, m = export_bundle(checkpoint, opts, progress=lambda msg: status.update(msg))

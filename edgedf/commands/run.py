@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
             write_report(json_out, report)
         if any(r["status"] == "ok" for r in results):
             console.print(_summary_table(results, pipe, Table))
-            notes = b.manifest.get("notes")
+            notes = b.notes
             if notes and bundle is None:
                 console.print(f"[yellow]note:[/yellow] {escape(notes)}", highlight=False)
         code = exit_code(results)

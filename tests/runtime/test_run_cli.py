@@ -212,11 +212,14 @@ def test_annotate_and_plot(tiny_bundle, face_video, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
-def test_default_bundle_ships_and_says_it_is_untrained():
+def test_default_bundle_ships_trained_ternary_and_says_what_it_is():
     from edgedf.runtime.pipeline import DEFAULT_BUNDLE
 
-    b = load_bundle(DEFAULT_BUNDLE)
-    assert "UNTRAINED" in b.manifest["notes"] and b.manifest["model"]["trained"] is False
+    b = load_bundle(DEFAULT_BUNDLE)  # hashes verified
+    m = b.manifest
+    assert m["model"]["trained"] is True and m["model"]["variant"] == "bit" and m["precision"] == "ternary"
+    assert m["backend"] == "ort" and "pseudo-fakes" in b.notes and "MODEL_CARD.md" in b.notes
+    assert all(r["decisive_agreement"] >= 0.99 for r in m["parity"]["backends"].values() if r["status"] == "ok")
     assert sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir()) < 4e6
 
 

@@ -1,0 +1,200 @@
+"""Export benchmark: file size per precision and ONNX Runtime / OpenVINO latency at batch 1 and 8, for
+random-initialised ViT-Ti and ViT-S at 224 px (speed and size do not depend on the weights' values).
+
+    python benchmarks/export/bench_export.py [--presets vit_tiny vit_small] [--runs 20] [--threads 2]
+
+Writes results.json and results.md next to this file. Every bundle is exported with `edgedf export`'s
+own code path (export_bundle), verified against PyTorch on 64 random crops, then timed through the
+runtime's backend layer (the same sessions `edgedf run` uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgedf.export.api import ExportOptions, export_bundle
+from edgedf.runtime.backends import BackendOptions, open_classifier
+from edgedf.runtime.bundle import load_bundle
+from edgedf.train.checkpoint import save_checkpoint
+from edgedf.train.qat import observe, prepare_qat
+from edgedf.train.vit import ViTConfig, build_model
+
+HERE = Path(__file__).parent
+
+# (label, checkpoint kind, target, precision, lowering override)
+CONFIGS = [
+    ("ORT fp32", "fp", "ort", "fp32", None),
+    ("ORT int8-ptq", "fp", "ort", "int8-ptq", None),
+    ("ORT int8-qat", "qat", "ort", "int8-qat", None),
+    ("ORT ternary (int8-exact, target ort/rpi4)", "bit", "ort", "ternary", None),
+    ("ORT ternary (MatMulNBits 2-bit, target rpi)", "bit", "rpi", "ternary", None),
+    ("ORT ternary (static int8 Q/DQ, as TensorRT)", "bit", "ort", "ternary", "int8-qdq"),
+    ("OpenVINO fp32", "fp", "cpu", "fp32", None),
+    ("OpenVINO fp16", "fp", "cpu", "fp16", None),
+    ("OpenVINO int8-ptq (NNCF)", "fp", "cpu", "int8-ptq", None),
+    ("OpenVINO int8-qat", "qat", "cpu", "int8-qat", None),
+    ("OpenVINO ternary (int8 Q/DQ, 2-bit on disk, target cpu)", "bit", "cpu", "ternary", None),
+    ("OpenVINO ternary (u2 MatMulNBits IR)", "bit", "cpu", "ternary", "matmulnbits-2bit"),
+]
+
+
+def make_checkpoints(preset: str, root: Path) -> dict[str, Path]:
+    torch.manual_seed(0)
+    out = {}
+    for kind in ("fp", "bit", "qat"):
+        model = build_model(ViTConfig.from_preset(preset, variant="bit" if kind == "bit" else "fp"))
+        if kind == "qat":
+            prepare_qat(model)
+            observe(model, [torch.randn(4, 3, 224, 224) for _ in range(2)])
+        out[kind] = save_checkpoint(model, root / f"{preset}-{kind}")
+    return out
+
+
+def time_bundles(paths: list[Path], threads: int, runs: int) -> list[dict]:
+    """Interleaved timing: every round times each bundle once at batch 1 and once at batch 8, so load
+    from other processes on this shared machine hits all configurations alike (ratios stay fair)."""
+    clfs = [open_classifier(load_bundle(p), options=BackendOptions(threads=threads)) for p in paths]
+    rng = np.random.default_rng(0)
+    xs = {b: rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in (1, 8)}
+    for clf in clfs:  # warm-up
+        for x in xs.values():
+            for _ in range(2):
+                clf.infer(x)
+    times: list[dict[int, list[float]]] = [{1: [], 8: []} for _ in clfs]
+    for _ in range(runs):
+        for i, clf in enumerate(clfs):
+            for b, x in xs.items():
+                t0 = time.perf_counter()
+                clf.infer(x)
+                times[i][b].append((time.perf_counter() - t0) * 1000 / b)
+    return [
+        {
+            f"b{b}": {"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)), "runs": len(ts)}
+            for b, ts in t.items()
+        }
+        for t in times
+    ]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = Path("/proc/cpuinfo").read_text()
+                vnni = "avx512_vnni" in flags or "avx_vnni" in flags
+                return line.split(":", 1)[1].strip() + (" (VNNI)" if vnni else " (no VNNI)")
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", nargs="+", default=["vit_tiny", "vit_small"])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        for preset in args.presets:
+            cks = make_checkpoints(preset, tmp)
+            done = []
+            for label, kind, target, precision, lowering in CONFIGS:
+                out = tmp / f"{preset}-{target}-{precision}-{lowering or 'default'}"
+                t0 = time.perf_counter()
+                _, m = export_bundle(
+                    cks[kind],
+                    ExportOptions(
+                        target=target, precision=precision, out=out, lowering=lowering, verify_n=64, calib_n=64
+                    ),
+                )
+                done.append((label, target, precision, out, m, time.perf_counter() - t0))
+                print(f"exported {preset} {label}: {m['size']['bundle_bytes'] / 1e6:.2f} MB", flush=True)
+            lats = time_bundles([d[3] for d in done], args.threads, args.runs)
+            for (label, target, precision, _, m, export_s), lat in zip(done, lats, strict=True):
+                parity = {
+                    k: {"agreement": v.get("agreement"), "max_abs_dp": v.get("max_abs_dp")}
+                    for k, v in m["parity"]["backends"].items()
+                    if v.get("status") == "ok"
+                }
+                rows.append(
+                    {
+                        "preset": preset,
+                        "config": label,
+                        "target": target,
+                        "precision": precision,
+                        "lowering": m["lowering"],
+                        "bundle_bytes": m["size"]["bundle_bytes"],
+                        "export_s": round(export_s, 1),
+                        "latency": lat,
+                        "parity": parity,
+                    }
+                )
+                print(
+                    f"{preset:9s} {label:58s} {m['size']['bundle_bytes'] / 1e6:7.2f} MB  "
+                    f"b1 {lat['b1']['median_ms']:6.1f} ms  b8 {lat['b8']['median_ms']:6.1f} ms/img",
+                    flush=True,
+                )
+    meta = {
+        "machine": f"{cpu_name()}, {args.threads} threads",
+        "load_before": os.getloadavg(),
+        "torch": torch.__version__,
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "openvino": __import__("openvino").__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    meta["load_after"] = os.getloadavg()
+    (HERE / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_markdown(meta, rows)
+
+
+def write_markdown(meta: dict, rows: list[dict]) -> None:
+    lines = [
+        "# Export benchmark (generated by bench_export.py)",
+        "",
+        f"Machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, openvino {meta['openvino']}, "
+        f"torch {meta['torch']}; {meta['date']}. Random-initialised models at 224 px, 2 classes. Latency per "
+        "image, median (p90) over interleaved rounds after warm-up (each round times every configuration once, "
+        "so background load hits all alike); speed-up against fp32 on the same backend. "
+        "Load average before/after: "
+        f"{meta['load_before'][0]:.1f} / {meta['load_after'][0]:.1f} (other jobs shared the 2 cores: compare "
+        "ratios within a run, not absolute times across runs).",
+        "",
+    ]
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        rs = [r for r in rows if r["preset"] == preset]
+        base = {b: next(r for r in rs if r["config"] == f"{b} fp32") for b in ("ORT", "OpenVINO")}
+        fp32_size = base["ORT"]["bundle_bytes"]
+        lines += [
+            f"## {preset}",
+            "",
+            "| config | size MB | fp32/size | b1 ms (p90) | b8 ms/img (p90) | b8 speed-up vs fp32 |"
+            " export parity (agreement, max abs dp) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rs:
+            b = base["ORT" if r["config"].startswith("ORT") else "OpenVINO"]
+            l1, l8 = r["latency"]["b1"], r["latency"]["b8"]
+            par = "; ".join(f"{k} {v['agreement']:.3f}, {v['max_abs_dp']:.2g}" for k, v in r["parity"].items())
+            lines.append(
+                f"| {r['config']} | {r['bundle_bytes'] / 1e6:.2f} | {fp32_size / r['bundle_bytes']:.1f}x | "
+                f"{l1['median_ms']:.1f} ({l1['p90_ms']:.1f}) | {l8['median_ms']:.1f} ({l8['p90_ms']:.1f}) | "
+                f"{b['latency']['b8']['median_ms'] / l8['median_ms']:.2f}x | {par} |"
+            )
+        lines.append("")
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
