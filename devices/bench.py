@@ -111,7 +111,7 @@ def parity_verdict(
         ran = [v for v in recorded_all.values() if v.get("status") == "ok"]
         recorded = min(ran, key=lambda v: 1.0 if _agree(v) is None else _agree(v)) if ran else None
     if not recorded or recorded.get("status") != "ok":
-        return False, f"no parity recorded for {backend} (exported with --no-verify?)", recorded
+        return False, f"no parity recorded for {backend} (the bundle was not verified at export)", recorded
     a = _agree(recorded)
     if a is not None and a < min_agreement:
         why = f"parity: {backend} agrees with PyTorch on {a:.1%} of decisive crops (< {min_agreement:.0%})"

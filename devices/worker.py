@@ -27,7 +27,17 @@ CHECK_CROPS = 256
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """This process's peak resident set size. Linux: VmHWM, the high-water mark of this process's own
+    memory map. Not ru_maxrss, which execve carries over from the parent at fork time (a bench parent
+    holding 800 MB of crops would make every bundle look 800 MB big)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0  # bytes on macOS, KiB elsewhere
 
 
 def softmax_p(logits: np.ndarray, fake_index: int) -> np.ndarray:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -97,9 +99,13 @@ def render(study: dict[str, Any], out: Path) -> tuple[Path, Path]:
         f"Measured on {h['cpu']} ({h['cores']} cores, load average {h.get('loadavg_1m')}) on {study['time']}; "
         f"data: {', '.join(study['data'])}; {study['minutes']:.1f} min in all."
     )
+    if study.get("command"):
+        doc.para(f"Command: {study['command']}")
     doc.heading("Checkpoints")
+    cks = study["checkpoints"]
     doc.table(
-        ["Arm", "Checkpoint", "How it was made"], [[k, v["path"], v["how"]] for k, v in study["checkpoints"].items()]
+        ["Arm", "Checkpoint", "How it was made", "Training facts (pseudo-fake validation)"],
+        [[k, v["path"], v["how"], json.dumps(v.get("meta", {}), separators=(",", ":"))] for k, v in cks.items()],
     )
     doc.heading("Comparison (deltas against fp32 on the same target)")
     sets = sorted({s for r in study["comparison"] for s in (r.get("auc_frame_by_set") or {})})
@@ -146,6 +152,7 @@ def register(app: typer.Typer) -> None:
         recipe: Path | None = typer.Option(None, "--recipe", help="Training recipe YAML to make missing checkpoints."),
         train_minutes: float = typer.Option(10.0, "--train-minutes", help="Wall-time budget per trained model."),
         qat_minutes: float = typer.Option(3.0, "--qat-minutes", help="QAT fine-tuning budget (from --fp)."),
+        qat_lr: float = typer.Option(1e-4, "--qat-lr", help="Peak learning rate of the QAT fine-tuning."),
         targets: str | None = typer.Option(None, "--targets", help="Comma-separated; default: those runnable here."),
         calib: Path | None = typer.Option(
             None, "--calib", help="Face images for int8 calibration (not the eval data)."
@@ -186,7 +193,10 @@ def register(app: typer.Typer) -> None:
         for arm in ("fp", "bit"):
             if need[arm] is None:
                 need[arm] = train_checkpoint(
-                    recipe, work / f"train_{arm}", [f"model.variant={arm}", f"max_minutes={train_minutes}"], say
+                    recipe,
+                    work / f"train_{arm}",
+                    [f"model.variant={arm}", f"max_minutes={train_minutes}", "schedule=time", "max_steps=1000000"],
+                    say,
                 )
                 ck[arm] = {"path": str(need[arm]), "how": f"trained here: {recipe}, variant {arm}, {train_minutes} min"}
             else:
@@ -194,7 +204,8 @@ def register(app: typer.Typer) -> None:
         if need["qat"] is None:
             need["qat"] = train_checkpoint(
                 recipe, work / "train_qat",
-                ["model.variant=fp", "qat=true", f"init={need['fp']}", f"max_minutes={qat_minutes}", "warmup_steps=0"],
+                ["model.variant=fp", "qat=true", f"init={need['fp']}", f"max_minutes={qat_minutes}", "schedule=time",
+                 "max_steps=1000000", "warmup_steps=0", f"lr={qat_lr}", f"min_lr={qat_lr / 10}"],
                 say,
             )  # fmt: skip
             ck["qat"] = {
@@ -243,6 +254,7 @@ def register(app: typer.Typer) -> None:
             "bench": result,
             "minutes": (time.perf_counter() - t0) / 60,
             "notes": notes,
+            "command": shlex.join(["edgedf", *sys.argv[1:]]),
         }
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "study.json", study)

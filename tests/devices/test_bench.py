@@ -104,6 +104,14 @@ def test_bad_input(bundles, tmp_path):
     assert res["rows"][1]["icon"] == "✅"
 
 
+def test_peak_rss_is_the_childs_own(bundles):
+    # the parent holds 400 MB; a bundle's process must not inherit that figure (ru_maxrss does across exec)
+    ballast = np.ones(400 * 2**20 // 8)
+    res = bench([bundles["ort_fp32"]], BenchOptions(runs=2, warmup=1))
+    assert ballast.sum() > 0
+    assert 20 < res["rows"][0]["peak_rss_mb"] < 300
+
+
 def test_target_override_runs_ort_bundle_on_openvino(bundles):
     res = bench([bundles["ort_fp32"]], BenchOptions(target="cpu", runs=2, warmup=1))
     (row,) = res["rows"]
