@@ -4,7 +4,6 @@ model file(s); every file's sha256 is in the manifest and is checked on load (no
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EdgedfError
-from .fsutil import sha256_file
+from .fsutil import read_versioned_json, sha256_file
 from .spec import FaceCropSpec
 
 FORMAT = "edgedf-bundle"
@@ -83,23 +82,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
         root = root.parent
     if not root.is_dir():
         raise EdgedfError(f"not a bundle directory: {root}")
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise EdgedfError(f"bundle {root} has no {MANIFEST}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgedfError(f"bundle manifest {mpath} is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise EdgedfError(f"{mpath} is not an edgedf bundle manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise EdgedfError(
-            f"bundle {root} has format version {version}; this edgedf reads up to {FORMAT_VERSION} (upgrade edgedf)"
-        )
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise EdgedfError(f"bundle manifest {mpath} lacks {', '.join(missing)}")
+    manifest = read_versioned_json(root / MANIFEST, FORMAT, FORMAT_VERSION, "bundle", REQUIRED)
     files = manifest["files"]
     if manifest["entry"] not in files:
         raise EdgedfError(f"bundle {root}: entry {manifest['entry']} is not among its files")

@@ -75,3 +75,25 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_versioned_json(path: Path, fmt: str, max_version: int, what: str, required: tuple[str, ...]) -> dict[str, Any]:
+    """Read a checkpoint config or bundle manifest: JSON object, right `format`, a `format_version` this
+    edgedf understands, the `required` keys. Every failure is one line naming `what` and the problem."""
+    if not path.is_file():
+        raise EdgedfError(f"{what} {path.parent} has no {path.name}")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgedfError(f"{what} file {path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise EdgedfError(f"{path} is not an edgedf {what} file (format != {fmt!r})")
+    version = d.get("format_version")
+    if not isinstance(version, int) or version > max_version:
+        raise EdgedfError(
+            f"{what} {path.parent} has format version {version}; this edgedf reads up to {max_version} (upgrade edgedf)"
+        )
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise EdgedfError(f"{what} file {path} lacks {', '.join(missing)}")
+    return d

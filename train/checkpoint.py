@@ -4,7 +4,6 @@ the weights) and `model.safetensors`. Loading never unpickles anything, and ever
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgedf.runtime.errors import EdgedfError
-from edgedf.runtime.fsutil import atomic_dir, atomic_write_json, sha256_file
+from edgedf.runtime.fsutil import atomic_dir, atomic_write_json, read_versioned_json, sha256_file
 from edgedf.runtime.spec import FaceCropSpec
 
 from .vit import VisionTransformer, ViTConfig, build_model, resample_pos_embed
@@ -92,22 +91,9 @@ def _resolve(path: Path) -> Path:
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate config.json of a checkpoint directory (no weights loaded)."""
     root = _resolve(Path(path))
-    cfg_path = root / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise EdgedfError(f"checkpoint {root} has no {CONFIG_NAME}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgedfError(f"checkpoint config {cfg_path} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise EdgedfError(f"{cfg_path} is not an edgedf checkpoint config (format != {FORMAT!r})")
-    version = cfg.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise EdgedfError(f"checkpoint {root} has format version {version}; this edgedf reads up to {FORMAT_VERSION}")
-    for key in ("model", "labels", "preprocessing", "weights"):
-        if key not in cfg:
-            raise EdgedfError(f"checkpoint config {cfg_path} lacks {key!r}")
-    return cfg
+    return read_versioned_json(
+        root / CONFIG_NAME, FORMAT, FORMAT_VERSION, "checkpoint", ("model", "labels", "preprocessing", "weights")
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:

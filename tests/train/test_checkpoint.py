@@ -48,7 +48,7 @@ def test_missing_checkpoint(tmp_path):
 def test_missing_config(saved):
     _, out = saved
     (out / "config.json").unlink()
-    with pytest.raises(EdgedfError, match="no config.json"):
+    with pytest.raises(EdgedfError, match="has no config.json"):
         load_checkpoint(out)
 
 
@@ -104,7 +104,7 @@ def test_not_a_checkpoint(tmp_path):
         load_checkpoint(f)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "config.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(EdgedfError, match="not an edgedf checkpoint"):
+    with pytest.raises(EdgedfError, match="not an edgedf checkpoint file"):
         load_checkpoint(tmp_path / "d")
 
 
