@@ -219,32 +219,11 @@ def models_check(
 
 
 # Commands that live in their own modules: edgedf/commands/<name>.py defines `register(app)`.
+# Heavy imports (torch) happen inside the command bodies, so `edgedf --help` and the device-side
+# commands work without torch.
 COMMAND_MODULES: tuple[str, ...] = ("prepare", "train", "eval", "export", "run", "demo", "bench", "report", "study")
 for _name in COMMAND_MODULES:
     __import__(f"edgedf.commands.{_name}", fromlist=["register"]).register(app)
-
-
-def _planned(name: str, issue: int, what: str) -> None:
-    if name in COMMAND_MODULES:
-        return
-
-    @app.command(
-        name,
-        help=f"{what} [not available yet: planned in issue #{issue}]",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def _cmd() -> None:
-        err_console.print(f"error: `edgedf {name}` is not available in this version yet (planned: issue #{issue})")
-        raise typer.Exit(2)
-
-
-_planned("prepare", 5, "Sample frames, detect and align faces, write crops and an index.")
-_planned("train", 5, "Train a full-precision or BitLinear ViT (pretrain, detect, QAT, distillation).")
-_planned("eval", 5, "Frame/video AUC, EER, AP, ACC per source and pooled.")
-_planned("export", 3, "Export a checkpoint to a verified bundle for a target (jetson, cpu, rpi, rpi4, ort).")
-_planned("run", 4, "Video/image/stream in, per-face, per-track and per-video verdicts out.")
-_planned("bench", 6, "Latency, memory, size and accuracy per bundle and target.")
-_planned("report", 6, "Merge bench results into Markdown and HTML.")
 
 
 @app.command("targets")
