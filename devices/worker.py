@@ -19,10 +19,8 @@ import numpy as np
 from edgedf.runtime.backends import BackendOptions, available, open_classifier, open_session
 from edgedf.runtime.bundle import load_bundle
 from edgedf.runtime.fsutil import atomic_write_json
+from edgedf.runtime.parity import compare
 
-# Crops whose reference p(fake) lies this close to the threshold are coin flips under any numerical
-# perturbation; agreement is counted on the decisive rest (the same band as the export gate).
-DECISION_BAND = 0.01
 CHECK_CROPS = 256
 
 
@@ -40,24 +38,8 @@ def peak_rss_mb() -> float:
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0  # bytes on macOS, KiB elsewhere
 
 
-def softmax_p(logits: np.ndarray, fake_index: int) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e[:, fake_index] / e.sum(axis=1)).astype(np.float64)
-
-
 def agreement(ref: np.ndarray, out: np.ndarray, fake_index: int, threshold: float) -> dict[str, Any]:
-    p_ref, p = softmax_p(ref, fake_index), softmax_p(out, fake_index)
-    same = (p_ref >= threshold) == (p >= threshold)
-    decisive = np.abs(p_ref - threshold) > DECISION_BAND
-    return {
-        "status": "ok",
-        "crops": int(len(p)),
-        "agreement": float(same.mean()),
-        "decisive_crops": int(decisive.sum()),
-        "decisive_agreement": float(same[decisive].mean()) if decisive.any() else None,
-        "max_abs_dp": float(np.abs(p - p_ref).max()) if len(p) else 0.0,
-    }
+    return {"status": "ok", **compare(ref, out, fake_index, threshold)}
 
 
 def latency(clf, shape: tuple[int, ...], batches: list[int], runs: int, warmup: int) -> dict[str, Any]:

@@ -10,35 +10,9 @@ import torch
 
 from edgedf.runtime.backends import BackendOptions, available, open_session
 from edgedf.runtime.bundle import Bundle
+from edgedf.runtime.parity import compare
 
 from .calib import CropSource
-
-
-def softmax_p(logits: np.ndarray, fake_index: int) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e[:, fake_index] / e.sum(axis=1)
-
-
-# Crops whose PyTorch p(fake) lies this close to the threshold are coin flips under any numerical
-# perturbation (another thread count flips them); the export gate counts decisions outside this band.
-DECISION_BAND = 0.01
-
-
-def compare(ref_logits: np.ndarray, logits: np.ndarray, fake_index: int, threshold: float) -> dict:
-    p_ref, p = softmax_p(ref_logits, fake_index), softmax_p(logits, fake_index)
-    a, b = ref_logits.ravel().astype(np.float64), logits.ravel().astype(np.float64)
-    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-    same = (p >= threshold) == (p_ref >= threshold)
-    decisive = np.abs(p_ref - threshold) >= DECISION_BAND
-    return {
-        "max_abs_dp": float(np.abs(p - p_ref).max()),
-        "mean_abs_dp": float(np.abs(p - p_ref).mean()),
-        "agreement": float(same.mean()),
-        "decisive_crops": int(decisive.sum()),
-        "decisive_agreement": float(same[decisive].mean()) if decisive.any() else None,
-        "logit_cosine": cos,
-    }
 
 
 def verification_models(bundle: Bundle) -> dict[str, Path | bytes]:

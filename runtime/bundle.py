@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import EdgedfError
 from .fsutil import read_versioned_json, sha256_file
+from .parity import softmax_p
 from .spec import FaceCropSpec
 
 FORMAT = "edgedf-bundle"
@@ -61,9 +62,7 @@ class Bundle:
 
     def p_fake(self, logits: np.ndarray) -> np.ndarray:
         """Softmax p(fake) from logits [N, C]."""
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return (e[:, self.fake_index] / e.sum(axis=1)).astype(np.float32)
+        return softmax_p(logits, self.fake_index).astype(np.float32)
 
     def describe(self) -> str:
         m = self.manifest

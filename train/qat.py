@@ -13,11 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bitlinear import _ste
+
 QMAX = 127.0
-
-
-def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return x + (q - x).detach() if torch.is_grad_enabled() and x.requires_grad else q
 
 
 def weight_scales(w: torch.Tensor) -> torch.Tensor:
