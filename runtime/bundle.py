@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .aggregate import VerdictPolicy
 from .errors import EdgedfError
 from .fsutil import read_versioned_json, sha256_file
 from .parity import softmax_p
@@ -47,6 +48,11 @@ class Bundle:
     @property
     def threshold(self) -> float:
         return float(self.manifest["threshold"])
+
+    @property
+    def verdict_policy(self) -> VerdictPolicy:
+        """What may be judged (aggregate.py); bundles without one get the defaults."""
+        return VerdictPolicy.from_dict(self.manifest.get("verdict_policy"))
 
     @property
     def input_name(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .aggregate import aggregate
+from .aggregate import VerdictPolicy, aggregate, judgeable_face
 from .align import align_faces
 from .backends import BackendOptions, open_classifier
 from .bundle import Bundle
@@ -38,6 +38,7 @@ class RunOptions:
     track: bool = True  # False: detector on every analysed frame, track ids by matching only
     max_faces: int = 16  # per frame, largest first
     keep_frames: bool = True  # per-frame records in the report
+    min_face_px: float | None = None  # None: the bundle's verdict policy (aggregate.py)
 
 
 class StageTimer:
@@ -79,6 +80,9 @@ class Pipeline:
         det_backend = self.backend if detector.split(":")[0] in ("retinaface", "insightface") else "ort"
         self.detector: Detector = open_detector(detector, det_backend, BackendOptions(threads=threads))
         self.threshold = bundle.threshold if self.options.threshold is None else float(self.options.threshold)
+        self.policy = bundle.verdict_policy
+        if self.options.min_face_px is not None:
+            self.policy = VerdictPolicy(float(self.options.min_face_px), self.policy.min_track_crops)
 
     def describe(self) -> dict[str, Any]:
         m = self.bundle.manifest
@@ -92,6 +96,7 @@ class Pipeline:
                 "entry_sha256": m["files"][m["entry"]]["sha256"],
                 "labels": self.bundle.labels,
                 "threshold": self.threshold,
+                "verdict_policy": self.policy.to_dict(),
                 "input_size": self.bundle.spec.input_size,
                 "preprocessing": self.bundle.spec.to_dict(),
                 "notes": self.bundle.notes,
@@ -180,15 +185,19 @@ class Pipeline:
                     crops = align_faces(img, faces.landmarks, spec, faces.boxes)
                     t0 = timer.add("align", t0)
                     for j in range(len(faces)):
+                        box = [round(float(v), 1) for v in faces.boxes[j]]
+                        judged = judgeable_face(box, self.policy)
                         face = {
                             "track": int(ids[j]),
-                            "box": [round(float(v), 1) for v in faces.boxes[j]],
+                            "box": box,
                             "det_score": round(float(faces.scores[j]), 4) if run_det else None,
                             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in faces.landmarks[j]],
                             "p_fake": None,
+                            "judged": judged,
                         }
                         record["faces"].append(face)
-                        pending.append((face, crops[j]))
+                        if judged:  # too small to judge: reported, never classified
+                            pending.append((face, crops[j]))
                     if len(pending) >= opts.batch or annotate is not None or not opts.track:
                         self._classify(pending, timer)
                     t0 = time.perf_counter()
@@ -215,7 +224,7 @@ class Pipeline:
                 writer.abort()
             raise EdgedfError(f"no frame could be decoded from {source} (truncated or corrupt?)")
         t0 = time.perf_counter()
-        tracks, video = aggregate(frames, self.threshold)
+        tracks, video = aggregate(frames, self.threshold, self.policy)
         timer.add("aggregate", t0)
         if writer is not None:
             t0 = time.perf_counter()

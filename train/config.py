@@ -22,12 +22,22 @@ class TrainConfig:
     # model: ViTConfig fields (preset first, then overrides); img_size follows the crops' spec
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "vit_tiny", "variant": "bit"})
     init: str | None = None  # full-precision checkpoint dir or timm/DeiT .safetensors to start from
+    freeze_stem: int = 0  # lite0 stem: keep its first N layers (ZeroPad/conv/BN/ReLU6/blocks) fixed
+    stem_lr_scale: float = 1.0  # learning rate of the (pretrained) stem relative to lr
     qat: bool = False  # int8 fake-quant fine-tuning of a full-precision model (train/qat.py)
     # data
     crops: str | None = None  # detect: crops folder from `edgedf prepare`
     val_crops: str | None = None  # default: the split=val records of `crops`
     sbi: bool = True  # detect: self-blended pseudo-fakes from the real crops (no fake data needed)
     imagenet: str | None = None  # pretrain: root with train/<class>/ and val/<class>/
+    # detect with real fakes: crops folders of real and fake crops (edgedf prepare --format labels ...);
+    # their split=train records train, the rest validate. With sbi on, `crops` gives the real faces to
+    # self-blend, mixed in at `sbi_weight` (a share of the samples, each a real face + its blend).
+    labeled_crops: list[str] = field(default_factory=list)
+    labeled_weights: list[float] = field(default_factory=list)  # sampling share per folder (default equal)
+    sbi_weight: float = 0.5
+    augment: bool = True  # with labeled_crops: flip, margin jitter, low resolution, post-blend transforms
+    low_res: float = 0.3  # share of training crops seen downscaled (resolution augmentation)
     workers: int = 1  # DataLoader processes (0: in the training process)
     max_val: int = 1000  # validation images at most (SBI: real + as many blends)
     curriculum_samples: int = 0  # SBI: ease from easy blends to the paper's over this many samples

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.spec import FaceCropSpec
 
-from .sbi import BLEND_RATIOS, SBIConfig, self_blend
+from .sbi import BLEND_RATIOS, SBIConfig, jpeg, post_blend, self_blend
 
 INDEX_NAME = "index.jsonl"
 SPEC_NAME = "spec.json"
@@ -192,6 +192,117 @@ class LabeledCrops(Dataset):
         if self.train and np.random.default_rng([self.seed, sample_no]).random() < 0.5:
             img, _ = _flip(img, None)
         return torch.from_numpy(self.spec.to_input(img)[0]), self.store.records[idx].label
+
+
+def margin_jitter(img: np.ndarray, rng: np.random.Generator, scale: float = 0.1, shift: float = 0.03) -> np.ndarray:
+    """Zoom by 1/(1 +- scale) and shift by +-shift of the size about the centre (reflected border): crops
+    of other margins and slightly off-centre, as the official SBI crops with a random margin."""
+    h, w = img.shape[:2]
+    s = rng.uniform(1 - scale, 1 + scale)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, s)
+    m[:, 2] += rng.uniform(-shift, shift, 2) * (w, h)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def resolution_augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A face seen smaller than the crop: downscaled to 25..75 % (sometimes blurred), upscaled back and
+    often recompressed. Applied to real and fake alike, so that low resolution is never a fake cue."""
+    h, w = img.shape[:2]
+    f = rng.uniform(0.25, 0.75)
+    small = cv2.resize(img, (max(int(w * f), 8), max(int(h * f), 8)), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        small = cv2.GaussianBlur(small, (0, 0), rng.uniform(0.3, 1.0))
+    out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return jpeg(out, int(rng.integers(30, 96))) if rng.random() < 0.6 else out
+
+
+@dataclass
+class Augment:
+    """Training augmentation of a crop and (for self-blends) its pair, the same draw for each image:
+    flip, margin jitter, resolution (p `low_res`), then the paper's post-blend transforms."""
+
+    low_res: float = 0.3
+    margin: float = 0.1
+
+    def __call__(self, images: list[np.ndarray], rng: np.random.Generator, sbi: SBIConfig) -> list[np.ndarray]:
+        seed = int(rng.integers(2**63))
+        out = []
+        for img in images:
+            r = np.random.default_rng(seed)
+            if r.random() < 0.5:
+                img = np.ascontiguousarray(img[:, ::-1])
+            if self.margin > 0:
+                img = margin_jitter(img, r, self.margin)
+            if r.random() < self.low_res:
+                img = resolution_augment(img, r)
+            out.append(img)
+        return post_blend(out, rng, sbi)
+
+
+class MixedDetect(Dataset):
+    """Real fakes and pseudo-fakes in one stream: (index, sample_no) -> [(x, label), ...].
+
+    Each sample draws (from a generator seeded by the sample number, so resumes are exact) one
+    component by `weights`: a labelled crops folder gives one crop, label drawn 50/50 first so every
+    folder is balanced; the self-blend component gives a real face and its blend, as a pair.
+    """
+
+    def __init__(
+        self,
+        labeled: Sequence[CropStore],
+        weights: Sequence[float],
+        spec: FaceCropSpec,
+        sbi_store: CropStore | None = None,
+        sbi_weight: float = 0.0,
+        seed: int = 0,
+        augment: Augment | None = None,
+        sbi: SBIConfig | None = None,
+    ):
+        self.stores = list(labeled)
+        self.by_label = [[np.array([i for i, r in enumerate(st.records) if r.label == y]) for y in (0, 1)]
+                         for st in self.stores]  # fmt: skip
+        for st, (reals, fakes) in zip(self.stores, self.by_label, strict=True):
+            if not len(reals) or not len(fakes):
+                raise EdgedfError(f"{st.root}: a labelled crops folder needs real and fake training crops")
+        p = list(weights) + ([sbi_weight] if sbi_store is not None else [])
+        if len(weights) != len(self.stores) or min(p) < 0 or sum(p) <= 0:
+            raise EdgedfError("labeled_weights: one non-negative weight per labelled crops folder")
+        self.p = np.asarray(p, float) / sum(p)
+        if sbi_store is not None:
+            SBIPairs(sbi_store, spec)  # checks the landmarks
+        self.sbi_store, self.spec, self.seed = sbi_store, spec, seed
+        self.augment, self.sbi = augment, sbi or SBIConfig()
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.stores) + (len(self.sbi_store) if self.sbi_store is not None else 0)
+
+    @property
+    def images_per_item(self) -> float:
+        return 1.0 + (float(self.p[-1]) if self.sbi_store is not None else 0.0)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> list[tuple[torch.Tensor, int]]:
+        _, sample_no = key if isinstance(key, tuple) else (key, key)
+        rng = np.random.default_rng([self.seed, 13, sample_no])
+        c = int(rng.choice(len(self.p), p=self.p))
+        if c == len(self.stores):
+            i = int(rng.integers(len(self.sbi_store)))
+            img = self.sbi_store[i]
+            lm = np.asarray(self.sbi_store.records[i].landmarks, np.float32)
+            fake, _ = self_blend(img, lm, rng, self.sbi)
+            images, labels = [img, fake], [0, 1]
+        else:
+            y = int(rng.integers(2))
+            pool = self.by_label[c][y]
+            images, labels = [self.stores[c][int(pool[rng.integers(len(pool))])]], [y]
+        if self.augment is not None:
+            images = self.augment(images, rng, self.sbi)
+        return [(torch.from_numpy(self.spec.to_input(im)[0]), y) for im, y in zip(images, labels, strict=True)]
+
+
+def collate_mixed(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixedDetect's lists of (x, label) (or plain (x, label) items, as validation gives) -> (x, y)."""
+    flat = [item for items in batch for item in (items if isinstance(items, list) else [items])]
+    return torch.stack([x for x, _ in flat]), torch.tensor([y for _, y in flat], dtype=torch.long)
 
 
 class ImageFolder(Dataset):

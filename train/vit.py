@@ -19,7 +19,7 @@ from torch import nn
 from .bitlinear import NORMS, BitLinear
 
 VARIANTS = ("fp", "bit")
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "lite0")
 
 # name -> (dim, depth, heads); all patch 16 at 224 px, mlp_ratio 4 (ViT-Ti/S/B of DeiT and timm)
 PRESETS: dict[str, dict[str, int]] = {
@@ -42,7 +42,7 @@ class ViTConfig:
     heads: int = 3
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    stem: str = "patch"  # patch | conv
+    stem: str = "patch"  # patch | conv | lite0 (EfficientNet-Lite0's first 11 blocks, train/effnet.py)
     bit_norm: str = "rms"  # the norm inside BitLinear: rms | layer
     quantize_stem: bool = False  # patch embedding stays full precision unless asked
     quantize_head: bool = False  # classification head likewise
@@ -62,6 +62,8 @@ class ViTConfig:
             problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             problems.append(f"the conv stem needs a power-of-two patch_size, got {self.patch_size}")
+        if self.stem == "lite0" and self.patch_size != 16:
+            problems.append(f"the lite0 stem has stride 16: patch_size must be 16, got {self.patch_size}")
         if self.dim % self.heads:
             problems.append(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.variant == "bit" and self.dim % 4:
@@ -99,11 +101,13 @@ class ViTConfig:
 
 
 class PatchEmbed(nn.Module):
-    """Strided patch embedding (stem='patch') or a stack of strided 3x3 convs (stem='conv').
+    """Strided patch embedding (stem='patch'), a stack of strided 3x3 convs (stem='conv'), or the first
+    blocks of EfficientNet-Lite0 (stem='lite0', ImageNet-pretrained; train/effnet.py).
 
     The conv stem follows Xiao et al. 2021 ("Early Convolutions Help Transformers See Better"):
     log2(patch) stride-2 3x3 conv-BN-ReLU layers, channels doubling up to dim, then a 1x1 conv
-    (`proj`) to dim, ending in the same token grid as the patch stem.
+    (`proj`) to dim, ending in the same token grid as the patch stem. The lite0 stem ends in the same
+    grid (stride 16) with 112 channels, projected to dim the same way.
     """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, stem: str = "patch"):
@@ -113,6 +117,11 @@ class PatchEmbed(nn.Module):
         if stem == "patch":
             self.stem = nn.Identity()
             self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        elif stem == "lite0":
+            from .effnet import Lite0Trunk
+
+            self.stem = Lite0Trunk(img_size)
+            self.proj = nn.Conv2d(self.stem.out_channels, dim, kernel_size=1)
         else:
             n = int(math.log2(patch_size))
             chans = [max(dim >> (n - i), 16) for i in range(1, n + 1)]  # e.g. dim 192, p16: 24 48 96 192

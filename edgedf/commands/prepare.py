@@ -14,14 +14,19 @@ def register(app: typer.Typer) -> None:
     @cli_errors
     def prepare_cmd(
         root: Path = typer.Argument(..., help="Dataset root (the published layout of --format)."),
-        fmt: str = typer.Option("folder", "--format", "-f", help="ffpp | celebdf | dfdc | folder"),
+        fmt: str = typer.Option("folder", "--format", "-f", help="ffpp | celebdf | dfdc | folder | labels"),
         out: Path = typer.Option(..., "--out", "-o", help="Crops folder to write (or resume)."),
         frames: int = typer.Option(32, "--frames", "-k", help="Frames per video, evenly spaced."),
         size: int = typer.Option(224, "--size", help="Crop size in pixels (the spec's input_size)."),
         crop_scale: float = typer.Option(1.3, "--crop-scale", help="Margin around the aligned face."),
         alignment: str = typer.Option("arcface5", "--alignment", help="arcface5 | box"),
         detector: str = typer.Option("retinaface", "--detector", help="retinaface | insightface:PATH | yunet:PATH"),
-        splits: Path | None = typer.Option(None, "--splits", help="FF++: folder with train/val/test.json."),
+        splits: Path | None = typer.Option(
+            None, "--splits", help="FF++ (and labels with target_id): folder with train/val/test.json."
+        ),
+        pad: float = typer.Option(
+            0.0, "--pad", help="Border on each side before detection, x image size (tight crops: 0.3)."
+        ),
         compression: list[str] = typer.Option(["c23"], "--compression", "-c", help="FF++: raw, c23, c40."),
         method: list[str] | None = typer.Option(None, "--method", "-m", help="FF++: methods (default all)."),
         label: str | None = typer.Option(None, "--label", help="folder: every file is real (or fake)."),
@@ -37,6 +42,8 @@ def register(app: typer.Typer) -> None:
 
         if frames < 1 or workers < 1:
             raise EdgedfError("--frames and --workers must be >= 1")
+        if not 0.0 <= pad <= 2.0:
+            raise EdgedfError(f"--pad must lie in [0, 2], got {pad}")
         spec = FaceCropSpec(input_size=size, crop_scale=crop_scale, alignment=alignment)
         if detector != "retinaface":
             spec = spec.replace(detector=detector.partition(":")[0])
@@ -57,7 +64,7 @@ def register(app: typer.Typer) -> None:
                 items,
                 out,
                 spec,
-                PrepareOptions(frames=frames, detector=detector),
+                PrepareOptions(frames=frames, detector=detector, pad=pad),
                 workers=workers,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
