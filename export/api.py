@@ -11,6 +11,7 @@ import onnx
 
 import edgedf
 from edgedf.devices.profiles import TargetProfile, get_profile
+from edgedf.runtime.aggregate import VerdictPolicy
 from edgedf.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, load_bundle
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
@@ -41,6 +42,11 @@ class ExportOptions:
     min_agreement: float = MIN_AGREEMENT  # the verification gate on decisive crops
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    # decision threshold: calibrated on the real crops of these crops folders' dev splits (export/threshold.py)
+    threshold_data: list[Path] = field(default_factory=list)
+    threshold_split: str = "val,test"
+    false_alarm: float = 0.01
+    min_face_px: float | None = None  # verdict policy (runtime/aggregate.py); None: the default
 
 
 def default_out(checkpoint: Path, target: str, precision: str) -> Path:
@@ -188,6 +194,10 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             "labels": ck.labels,
             "fake_index": ck.labels.index("fake") if "fake" in ck.labels else len(ck.labels) - 1,
             "threshold": float(ck.meta.get("threshold", 0.5)),
+            "threshold_calibration": None,
+            "verdict_policy": VerdictPolicy(
+                *([opts.min_face_px] if opts.min_face_px is not None else [])
+            ).to_dict(),
             "calibration": calibration,
             "size": {
                 "bundle_bytes": bundle_bytes,
@@ -215,4 +225,11 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
                         f"{r['decisive_crops']} decisive crops (< {opts.min_agreement:.0%}; "
                         f"max |dp| {r['max_abs_dp']:.3g}); no bundle written (--no-verify to keep it anyway)"
                     )
+        if opts.threshold_data:
+            from .threshold import calibrate
+
+            say(f"calibrating the threshold on real crops ({opts.false_alarm:.1%} false alarms)")
+            cal = calibrate(tmp, opts.threshold_data, opts.false_alarm, opts.threshold_split)
+            manifest["threshold"], manifest["threshold_calibration"] = cal["threshold"], cal
+            atomic_write_json(tmp / MANIFEST, manifest)
     return out, manifest

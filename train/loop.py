@@ -41,6 +41,7 @@ from .checkpoint import load_checkpoint, map_timm_state, save_checkpoint
 from .config import TrainConfig
 from .data import (
     Augment,
+    CropRecord,
     CropStore,
     Curriculum,
     ImageFolder,
@@ -51,6 +52,7 @@ from .data import (
     collate_mixed,
     collate_pairs,
     read_index,
+    thumbnail,
 )
 from .metrics import binary_metrics
 from .vit import VisionTransformer, ViTConfig, build_model, count_params
@@ -125,6 +127,8 @@ def build_data(cfg: TrainConfig, img_size: int | None) -> Data:
     if cfg.sbi:  # pseudo-fakes: real faces only
         train_records = [r for r in train_records if r.label == 0]
         val_records = [r for r in val_records if r.label == 0]
+    if not cfg.val_crops and val_records:  # a split by file can put the same photo on both sides
+        val_records = drop_near_duplicates(Path(cfg.crops), val_records, train_records, spec.input_size)
     if not train_records:
         raise EdgedfError(f"{cfg.crops} has no training crops (split train{', real' if cfg.sbi else ''})")
     if len(val_records) > cfg.max_val:  # an evenly spread subset, the same every time
@@ -140,6 +144,25 @@ def build_data(cfg: TrainConfig, img_size: int | None) -> Data:
     train = LabeledCrops(train_store, spec, seed=cfg.seed, train=True)
     val = LabeledCrops(val_store, spec, train=False) if val_store else None
     return Data(train, val, None, spec, ["real", "fake"], 2, f"{len(train)} crops")
+
+
+def drop_near_duplicates(
+    root: Path, val: list[CropRecord], train: list[CropRecord], size: int, max_cosine: float = 0.95
+) -> list[CropRecord]:
+    """Validation records without a near-duplicate in training (thumbnail cosine >= max_cosine).
+
+    A split by file puts copies of one photo on both sides (UTKFace has re-encoded duplicates: 30 of
+    its 632 validation faces here, 9 of them pixel-identical, were copies of training faces).
+    """
+
+    def vectors(recs: list[CropRecord]) -> np.ndarray:
+        store = CropStore(root, recs, size, max_bytes=0)
+        return np.stack([thumbnail(store[i]) for i in range(len(recs))])
+
+    if not train or not val:
+        return val
+    sim = (vectors(val) @ vectors(train).T).max(1)
+    return [r for r, s in zip(val, sim, strict=True) if s < max_cosine]
 
 
 def build_mixed_data(cfg: TrainConfig, img_size: int | None) -> Data:
@@ -492,6 +515,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         while step < cfg.max_steps:
             minutes = minutes_before + (time.time() - t_start) / 60
+            if d.world > 1 and cfg.schedule == "time":  # one clock for every rank: rank 0's
+                clock = torch.tensor([minutes], dtype=torch.float64, device=device)
+                dist.broadcast(clock, 0)
+                minutes = float(clock.item())
             lr = lr_at(step, cfg, minutes)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)

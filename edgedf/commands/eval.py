@@ -17,12 +17,14 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     @cli_errors
     def eval_cmd(
-        checkpoint: Path = typer.Argument(..., help="A checkpoint folder (e.g. runs/NAME/model)."),
+        checkpoint: Path = typer.Argument(
+            ..., help="A checkpoint folder (e.g. runs/NAME/model) or a bundle (scored by its backend, as on a device)."
+        ),
         data: list[Path] = typer.Argument(..., help="Crops folders or dataset roots (prepared with the model's spec)."),
         fmt: str = typer.Option(
             "folder", "--format", "-f", help="Layout of raw dataset roots: ffpp|celebdf|dfdc|folder."
         ),
-        split: str | None = typer.Option(None, "--split", help="Score only this split (e.g. test)."),
+        split: str | None = typer.Option(None, "--split", help="Score only this split (e.g. test, or val,test)."),
         frames: int = typer.Option(32, "--frames", "-k", help="Frames per video when preparing."),
         splits: Path | None = typer.Option(None, "--splits", help="FF++: folder with train/val/test.json."),
         compression: list[str] = typer.Option(["c23"], "--compression", "-c", help="FF++ compressions."),
@@ -37,10 +39,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from edgedf.runtime.fsutil import atomic_write_json
-        from edgedf.train.checkpoint import load_checkpoint
-        from edgedf.train.evaluate import DatasetScores, crops_for, score_crops, summarize
+        from edgedf.train.evaluate import DatasetScores, crops_for, open_scorer, score_crops, summarize
 
-        ck = load_checkpoint(checkpoint)
+        ck = open_scorer(checkpoint)
         results = []
         for d in data:
             quiet = (d / "index.jsonl").is_file()  # a crops folder: nothing to prepare
@@ -49,8 +50,10 @@ def register(app: typer.Typer) -> None:
             ) as bar:
                 task = bar.add_task("p", total=None)
                 kw = {"splits_dir": splits, "compressions": compression} if fmt == "ffpp" else {}
+                if fmt == "labels":
+                    kw = {"splits_dir": splits}
                 crops, report = crops_for(
-                    d, ck, fmt, cache, frames, workers,
+                    d, ck.spec, fmt, cache, frames, workers,
                     on_progress=lambda done, total, t=task: bar.update(t, completed=done, total=total), **kw,
                 )  # fmt: skip
             if report is not None and (report.no_face_frames or report.unreadable):

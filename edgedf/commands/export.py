@@ -31,6 +31,12 @@ def register(app: typer.Typer) -> None:
         calib_n: int = typer.Option(256, "--calib-n", help="Crops used for calibration."),
         lowering: str | None = typer.Option(None, "--lowering", help="Override the target's ternary lowering."),
         note: list[str] = typer.Option([], "--note", help="A note for the manifest (repeatable): what this is."),
+        threshold_data: list[Path] = typer.Option(
+            [], "--threshold-data", help="Crops folder(s) whose real dev crops calibrate the threshold (repeatable)."
+        ),
+        threshold_split: str = typer.Option("val,test", "--threshold-split", help="Their split(s) to use."),
+        false_alarm: float = typer.Option(0.01, "--false-alarm", help="Share of real crops allowed above the threshold."),
+        min_face: float | None = typer.Option(None, "--min-face", help="Faces smaller (px, shorter box side) are not judged."),
     ) -> None:
         """Export a checkpoint to a verified bundle for one target (TensorRT, OpenVINO or ONNX Runtime)."""
         _need_torch()
@@ -52,6 +58,10 @@ def register(app: typer.Typer) -> None:
             calib_n=calib_n,
             lowering=lowering,
             notes=list(note),
+            threshold_data=list(threshold_data),
+            threshold_split=threshold_split,
+            false_alarm=false_alarm,
+            min_face_px=min_face,
         )
         with console.status("exporting") as status:
             path, m = export_bundle(checkpoint, opts, progress=lambda msg: status.update(msg))

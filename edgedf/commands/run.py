@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
             0, "--detect-every", help="Detector on every k-th analysed frame, tracking in between (0: auto)."
         ),
         threshold: float | None = typer.Option(None, "--threshold", help="Decision threshold (default: the bundle's)."),
+        min_face: float | None = typer.Option(
+            None, "--min-face", help="Faces smaller than this (px, shorter box side) are reported, not judged."
+        ),
         json_out: Path | None = typer.Option(None, "--json", help="Write the JSON report here."),
         annotate: Path | None = typer.Option(None, "--annotate", help="Write an annotated video (mp4) here."),
         plot: Path | None = typer.Option(None, "--plot", help="Write a PNG timeline of p(fake) per track here."),
@@ -66,11 +69,14 @@ def register(app: typer.Typer) -> None:
             raise EdgedfError(f"--threshold must lie in [0, 1], got {threshold}")
         if batch < 1:
             raise EdgedfError("--batch must be at least 1")
+        if min_face is not None and not 0.0 <= min_face < 1e5:
+            raise EdgedfError(f"--min-face must be a size in pixels >= 0, got {min_face}")
         bundle_path = bundle if bundle is not None else default_bundle_path()
         b = load_bundle(bundle_path)
         opts = RunOptions(
-            sampling=sampling, detect_every=detect_every, batch=batch, threshold=threshold, keep_frames=not no_frames
-        )
+            sampling=sampling, detect_every=detect_every, batch=batch, threshold=threshold,
+            keep_frames=not no_frames, min_face_px=min_face,
+        )  # fmt: skip
         if plot is not None:
             opts.keep_frames = True  # the plot reads the per-frame records
         pipe = Pipeline(b, backend=backend, detector=detector, threads=threads, options=opts)
@@ -129,22 +135,16 @@ def _fmt(v) -> str:
 def _summary_table(results, pipe, Table):
     from rich.markup import escape
 
-    table = Table(title=f"edgedf run · {pipe.bundle.describe()} · threshold {pipe.threshold:.2f}")
-    for col in (
-        "Source",
-        "Frames",
-        "With face",
-        "Tracks",
-        "p(fake) frame-max mean",
-        "crop mean",
-        "Verdict",
-        "Speed",
-    ):
+    table = Table(
+        title=f"edgedf run · {pipe.bundle.describe()} · threshold {pipe.threshold:.2f} · "
+        f"faces from {pipe.policy.min_face_px:g} px"
+    )
+    for col in ("Source", "Frames", "With face", "Tracks judged", "p(fake) top track", "Verdict", "Speed"):
         table.add_column(col, justify="left" if col in ("Source", "Verdict") else "right")
     for r in results:
         name = escape(r["source"] if "://" in r["source"] else Path(r["source"]).name)
         if r["status"] != "ok":
-            table.add_row(name, "-", "-", "-", "-", "-", "[red]error[/red]", "-")
+            table.add_row(name, "-", "-", "-", "-", "[red]error[/red]", "-")
             continue
         v, s = r["video"], r["speed"]
         colour = {"fake": "red", "real": "green"}.get(v["verdict"], "yellow")
@@ -156,9 +156,8 @@ def _summary_table(results, pipe, Table):
             name,
             f"{v['n_frames_analysed']}/{read}",
             str(v["n_frames_with_face"]),
-            str(v["n_tracks"]),
-            _fmt(v["frame_max_mean"]),
-            _fmt(v["crop_mean"]),
+            f"{v['n_tracks_judged']}/{v['n_tracks']}",
+            _fmt(v["score"]),
             f"[{colour}]{v['verdict']}[/{colour}]",
             speed,
         )

@@ -31,3 +31,25 @@ def face_crops(faces_folder, tmp_path_factory) -> Path:
     report = prepare(items, out, FaceCropSpec(input_size=32), PrepareOptions(frames=1))
     assert report.crops == 12
     return out
+
+
+@pytest.fixture(scope="session")
+def labeled_crops(tmp_path_factory) -> Path:
+    """A crops folder (32 px) with real/ and fake/ faces (the fakes: colour-shifted copies), 1/3 in val."""
+    import numpy as np
+
+    from edgedf.runtime.spec import FaceCropSpec
+    from edgedf.train.prepare import PrepareOptions, list_items, prepare
+
+    root = tmp_path_factory.mktemp("labeled")
+    for i in range(12):
+        label = ("real", "fake")[i % 2]
+        (root / label).mkdir(exist_ok=True)
+        img = face_image(i)
+        if label == "fake":
+            img = np.clip(img.astype(int) + [30, -20, 10], 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / label / f"img_{i:02d}.jpg"), img)
+    out = tmp_path_factory.mktemp("crops") / "labeled32"
+    report = prepare(list_items(root, "folder", val_fraction=0.34), out, FaceCropSpec(input_size=32), PrepareOptions())
+    assert report.crops == 12
+    return out

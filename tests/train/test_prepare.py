@@ -113,3 +113,97 @@ def test_bad_layouts_fail_with_one_line(tmp_path):
         list_items(tmp_path / "empty", "ffpp")
     with pytest.raises(EdgedfError, match="unknown format"):
         list_items(tmp_path / "empty", "vox")
+
+
+def _tight_crop(i: int) -> np.ndarray:
+    """The astronaut's face cut as tightly as DFDC's crops (no forehead, chin at the edge), 224 px."""
+    import cv2
+
+    from edgedf.runtime.detect import open_detector
+
+    img = face_image(i, size=256)
+    box = open_detector("retinaface").detect(img).boxes[0]
+    x1, y1, x2, y2 = box.astype(int)
+    h = y2 - y1
+    face = img[y1 + h // 6 : y2, x1:x2]  # cut at the brows and the chin
+    return cv2.resize(face, (224, 224))
+
+
+def _labels_tree(root):
+    """dfdc-like: train/ and dev/ with labels.csv; ffpp-like frames with target ids at the root level."""
+    import cv2
+
+    for split, n in (("train", 4), ("dev", 2)):
+        d = root / "dfdc" / split
+        (d / "real").mkdir(parents=True)
+        (d / "fake").mkdir()
+        lines = ["file,label,source_video,native_w,native_h"]
+        for i in range(n):
+            lab = ("real", "fake")[i % 2]
+            cv2.imwrite(str(d / lab / f"v{i}.jpg"), _tight_crop(i))
+            lines.append(f"{lab}/v{i}.jpg,{lab},src{i // 2},155,155")
+        (d / "labels.csv").write_text("\n".join(lines) + "\n")
+    f = root / "ffpp"
+    (f / "original").mkdir(parents=True)
+    (f / "Deepfakes").mkdir()
+    lines = ["file,label,method,video,target_id,source_id"]
+    for k, (vid, tgt) in enumerate((("000", "000"), ("003", "003"))):
+        for fr in range(2):
+            cv2.imwrite(str(f / "original" / f"{vid}_f{fr}.jpg"), face_image(k * 2 + fr, 256))
+            lines.append(f"original/{vid}_f{fr}.jpg,real,original,{vid},{tgt},")
+    cv2.imwrite(str(f / "Deepfakes" / "003_002_f0.jpg"), face_image(7, 256))
+    lines.append("Deepfakes/003_002_f0.jpg,fake,Deepfakes,003_002,003,002")
+    (f / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_labels_format_splits_groups_and_padding(tmp_path):
+    root = _labels_tree(tmp_path / "data")
+    items = list_items(root / "dfdc", "labels")
+    assert {(it.split, it.label) for it in items} == {("train", 0), ("train", 1), ("val", 0), ("val", 1)}
+    # tight crops: with the border the detector finds every face; the crop is cut from the original pixels
+    report = prepare(items, tmp_path / "dfdc_crops", SPEC, PrepareOptions(pad=0.3))
+    assert report.crops == 6 and report.no_face_frames == 0
+    records, _ = read_index(tmp_path / "dfdc_crops")
+    assert {r.method for r in records if r.label} == {"fake"} and {r.method for r in records if not r.label} == {""}
+    import cv2
+
+    crop = cv2.imread(str(tmp_path / "dfdc_crops" / records[0].path))
+    assert (crop.reshape(-1, 3) == 127).all(axis=1).mean() < 0.05  # no grey detection border in the crop
+
+    splits = ffpp_tree(tmp_path / "ffpp_tree") / "splits"  # official-style train 000/001, test 002/003
+    ff = list_items(root / "ffpp", "labels", splits_dir=splits)
+    split_of = {it.path.rsplit("/", 1)[-1]: it.split for it in ff}
+    assert split_of["000_f0.jpg"] == "train" and split_of["003_f1.jpg"] == "test"
+    assert split_of["003_002_f0.jpg"] == "test"
+    prepare(ff, tmp_path / "ff_crops", SPEC, PrepareOptions())
+    recs, _ = read_index(tmp_path / "ff_crops")
+    videos = {r.video for r in recs}
+    assert videos == {"000", "003", "003_002"}  # frames of a video share its id: video-level metrics pool them
+    assert {r.method for r in recs if r.label} == {"Deepfakes"}
+
+
+def test_labels_format_bad_input(tmp_path):
+    with pytest.raises(EdgedfError, match="no labels.csv"):
+        list_items(tmp_path, "labels")
+    (tmp_path / "labels.csv").write_text("file,label\na.jpg,maybe\n")
+    with pytest.raises(EdgedfError, match="not real, fake"):
+        list_items(tmp_path, "labels")
+    (tmp_path / "labels.csv").write_text("file,label\n../a.jpg,real\n")
+    with pytest.raises(EdgedfError, match="relative"):
+        list_items(tmp_path, "labels")
+    (tmp_path / "labels.csv").write_text("name,kind\na.jpg,real\n")
+    with pytest.raises(EdgedfError, match="file and label"):
+        list_items(tmp_path, "labels")
+
+
+def test_detection_border_keeps_frame_coordinates():
+    from edgedf.runtime.detect import open_detector
+    from edgedf.train.prepare import _detect_padded
+
+    det = open_detector("retinaface")
+    img = face_image(3, size=256)
+    plain, padded = det.detect(img), _detect_padded(det, img, 0.3)
+    assert len(plain) == len(padded) == 1
+    assert np.abs(plain.landmarks[0] - padded.landmarks[0]).max() < 3.0
+    assert np.abs(plain.boxes[0] - padded.boxes[0]).max() < 6.0
