@@ -98,12 +98,21 @@ def make_bundle(
     return out
 
 
+# The runtime tests' bundle, committed at tests/assets/tiny_bundle so they run where torch is not installed
+# (a wheel install, as on a device); tests/runtime/test_test_bundle.py checks it is what this makes.
+TEST_BUNDLE = dict(img_size=64, patch_size=16, dim=32, depth=1, heads=2, seed=1, notes="test bundle")
+
+
 def main() -> None:
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python scripts/make_default_bundle.py OUT_DIR")
-    out = Path(sys.argv[1])
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--test-bundle":
+        make_bundle(Path(args[1]), **TEST_BUNDLE)
+        return
+    if len(args) != 1:
+        sys.exit("usage: python scripts/make_default_bundle.py [--test-bundle] OUT_DIR")
+    out = Path(args[0])
     # dim 96, depth 4, 3 heads, patch 16 at 112 px: ~0.5 M parameters, ~2 MB fp32
     make_bundle(out, img_size=112, patch_size=16, dim=96, depth=4, heads=3, seed=0)
     for f in sorted(out.iterdir()):

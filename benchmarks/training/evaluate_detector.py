@@ -1,0 +1,228 @@
+"""Every figure of the shipped detector's goals (issue #10), from one command.
+
+    python benchmarks/training/evaluate_detector.py --bundle edgedf/runtime/assets/default_bundle \
+        --fp runs/detector_fp/model --bit runs/detector_bit/model --out benchmarks/training/detector
+
+- crops: DFDC dev (crop AUC), FF++ c23 val+test ids (video AUC per method, frames pooled per video),
+  StyleGAN and CIPLAB (eval only), scored by the bundle through its runtime backend, and by the fp twin
+  and the BitLinear checkpoint in PyTorch (for the ternary-vs-fp comparison);
+- videos: `edgedf run`'s pipeline with the bundle on ../shared/data/videos/real (16 real videos, the
+  verdict and its score per video) and GHOST (the real clip and its three swaps);
+- the bundle's size and classifier latency per face at batch 8 on 2 threads (median of timed runs).
+
+Writes OUT/results.json and OUT/results.md. Crops are prepared with the bundle's spec under runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgedf.runtime.fsutil import atomic_write_bytes, atomic_write_json
+from edgedf.train.evaluate import DatasetScores, crops_for, open_scorer, score_crops, summarize
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cpu_facts() -> dict:
+    flags = ""
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f" {f}" in flags]}
+
+
+def crop_sets(data: Path, spec, cache: Path, dfdc: Path | None, ffpp: Path | None) -> dict[str, tuple[Path, str]]:
+    """name -> (crops folder, split) for the crop-level sets."""
+    sets: dict[str, tuple[Path, str]] = {}
+    sets["dfdc_dev"] = (dfdc or crops_for(data / "dfdc_faces", spec, "labels", cache, 1, 2)[0], "val")
+    ff = ffpp or crops_for(data / "ffpp_c23_faces", spec, "labels", cache, 1, 2, splits_dir=data / "ffpp_splits")[0]
+    sets["ffpp_dev"] = (ff, "val,test")
+    for name in ("stylegan", "ciplab_splice"):
+        sets[name] = (crops_for(data / "deepfakes" / name, spec, "folder", cache, 1, 2)[0], "")
+    return sets
+
+
+def score_sets(scorer, sets) -> dict:
+    out = {}
+    for name, (crops, split) in sets.items():
+        out[name] = summarize([DatasetScores(name, score_crops(scorer, crops, split or None))])["datasets"][name]
+    return out
+
+
+def run_videos(bundle: Path, paths: list[Path], frames: int) -> list[dict]:
+    from edgedf.runtime.bundle import load_bundle
+    from edgedf.runtime.decode import Sampling
+    from edgedf.runtime.pipeline import Pipeline, RunOptions
+
+    pipe = Pipeline(load_bundle(bundle), options=RunOptions(sampling=Sampling("frames", frames), keep_frames=False))
+    rows = []
+    for p in paths:
+        r = pipe.run_source(str(p))
+        v = r["video"]
+        rows.append(
+            {
+                "source": p.name,
+                "verdict": v["verdict"],
+                "score": v["score"],
+                "tracks_judged": v["n_tracks_judged"],
+                "tracks": v["n_tracks"],
+                "faces_too_small": v["n_faces_too_small"],
+                "crop_mean": v["crop_mean"],
+            }
+        )
+    return rows
+
+
+def latency(bundle: Path, batch: int = 8, threads: int = 2, runs: int = 30) -> dict:
+    from edgedf.runtime.backends import BackendOptions, open_classifier
+    from edgedf.runtime.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    clf = open_classifier(b, None, BackendOptions(threads=threads))
+    s = b.spec.input_size
+    x = np.random.default_rng(0).standard_normal((batch, 3, s, s)).astype(np.float32)
+    for _ in range(5):
+        clf.p_fake(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        clf.p_fake(x)
+        times.append(time.perf_counter() - t)
+    med = float(np.median(times))
+    size = sum(f["bytes"] for f in b.manifest["files"].values())
+    return {"batch": batch, "threads": threads, "runs": runs, "warmup": 5, "ms_per_face": 1000 * med / batch,
+            "p90_ms_per_face": 1000 * float(np.percentile(times, 90)) / batch, "bundle_bytes": size,
+            "load_average": os.getloadavg()[0]}  # fmt: skip
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# Shipped detector: every goal figure ({res['created']})", ""]
+    lines += [f"CPU: {res['host']['cpu']} ({res['host']['cores']} cores; {', '.join(res['host']['flags'])}).", ""]
+    lines += [f"Command: `{res['command']}`", ""]
+    lines += ["## Crops (AUC; FF++ per method at video level, frames pooled per video)", ""]
+    lines += ["| set | model | frame AUC | video AUC | crops | videos |", "|---|---|---|---|---|---|"]
+    for model, sets in res["crops"].items():
+        for name, groups in sets.items():
+            for g, m in groups.items():
+                if name == "ffpp_dev" or g == "all":
+                    label = name if g == "all" else f"{name} {g.split('/')[-1]}"
+                    lines.append(f"| {label} | {model} | {_f(m['frame_auc'])} | {_f(m['video_auc'])} | "
+                                 f"{m['frames']} | {m['videos']} |")  # fmt: skip
+    cal = res.get("threshold_calibration") or {}
+    lines += ["", f"## Videos (bundle, threshold {res['threshold']:.4f}; {cal.get('method', 'uncalibrated')})", ""]
+    lines += ["| source | verdict | score (top judged track) | tracks judged | faces too small |", "|---|---|---|---|---|"]
+    for group in ("real_videos", "ghost"):
+        for r in res[group]:
+            lines.append(f"| {r['source']} | {r['verdict']} | {_f(r['score'])} | {r['tracks_judged']}/{r['tracks']} "
+                         f"| {r['faces_too_small']} |")  # fmt: skip
+    lat = res["latency"]
+    lines += ["", "## Edge budget", "",
+              f"Bundle {lat['bundle_bytes'] / 1e6:.2f} MB; classifier {lat['ms_per_face']:.2f} ms per face "
+              f"(p90 {lat['p90_ms_per_face']:.2f}) at batch {lat['batch']}, {lat['threads']} threads, "
+              f"median of {lat['runs']} runs after {lat['warmup']} warm-up, load average {lat['load_average']:.1f}.",
+              ""]  # fmt: skip
+    lines += ["## Goals", "", "| figure | goal | measured |", "|---|---|---|"]
+    for g in res["goals"]:
+        lines.append(f"| {g['figure']} | {g['goal']} | {g['measured']} |")
+    return "\n".join(lines) + "\n"
+
+
+def goals(res: dict) -> list[dict]:
+    b = res["crops"]["bundle"]
+    fp = res["crops"].get("fp twin")
+    ff = b["ffpp_dev"]
+    methods = {g.split("/")[-1]: m["video_auc"] for g, m in ff.items() if g != "all" and "/" in g and m["video_auc"]}
+    reals_fake = sum(r["verdict"] == "fake" for r in res["real_videos"])
+    ghost = {r["source"]: r["score"] for r in res["ghost"]}
+    real = ghost.get("orig.webp")
+    swaps = [s for n, s in ghost.items() if n != "orig.webp"]
+    above = sum(s is not None and real is not None and s > real for s in swaps)
+    out = [
+        {"figure": "DFDC dev crop AUC, shipped bundle", "goal": ">= 0.90", "measured": _f(b["dfdc_dev"]["all"]["frame_auc"])},
+        {"figure": "FF++ c23 dev video AUC per method", "goal": ">= 0.90 each",
+         "measured": ", ".join(f"{k} {v:.3f}" for k, v in sorted(methods.items()))},
+        {"figure": "real videos judged fake", "goal": "0 of 16", "measured": f"{reals_fake} of {len(res['real_videos'])}"},
+        {"figure": "GHOST swaps scored above the real clip", "goal": "3 of 3", "measured": f"{above} of {len(swaps)}"},
+    ]  # fmt: skip
+    if fp is not None:
+        d = b["dfdc_dev"]["all"]["frame_auc"] - fp["dfdc_dev"]["all"]["frame_auc"]
+        out.append({"figure": "ternary bundle vs fp twin, DFDC dev AUC", "goal": "within 2 points",
+                    "measured": f"{100 * d:+.1f} points"})  # fmt: skip
+    lat = res["latency"]
+    out.append({"figure": "bundle size / ms per face (b8, 2 threads)", "goal": "<= 6 MB / <= 10 ms",
+                "measured": f"{lat['bundle_bytes'] / 1e6:.2f} MB / {lat['ms_per_face']:.2f} ms"})  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=REPO / "runtime/assets/default_bundle")
+    ap.add_argument("--fp", type=Path, help="full-precision twin checkpoint")
+    ap.add_argument("--bit", type=Path, help="BitLinear checkpoint the bundle came from")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data")
+    ap.add_argument("--dfdc", type=Path, help="prepared DFDC crops (default: prepare into --cache)")
+    ap.add_argument("--ffpp", type=Path, help="prepared FF++ crops (default: prepare into --cache)")
+    ap.add_argument("--cache", type=Path, default=REPO / "runs/eval_crops")
+    ap.add_argument("--frames", type=int, default=16, help="frames per video for the video checks")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/training/detector")
+    a = ap.parse_args()
+
+    bundle = open_scorer(a.bundle)
+    sets = crop_sets(a.data, bundle.spec, a.cache, a.dfdc, a.ffpp)
+    manifest = json.loads((a.bundle / "manifest.json").read_text())
+    res: dict = {
+        "created": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python benchmarks/training/evaluate_detector.py " + " ".join(
+            f"--{k} {v}" for k, v in (("bundle", a.bundle), ("fp", a.fp), ("bit", a.bit)) if v
+        ),
+        "host": cpu_facts(),
+        "threshold": manifest["threshold"],
+        "threshold_calibration": manifest.get("threshold_calibration"),
+        "verdict_policy": manifest.get("verdict_policy"),
+        "crops": {"bundle": score_sets(bundle, sets)},
+    }
+    for name, ck in (("fp twin", a.fp), ("bit checkpoint", a.bit)):
+        if ck:
+            res["crops"][name] = score_sets(open_scorer(ck), sets)
+    real = sorted((a.data / "videos" / "real").glob("*.mp4"))
+    res["real_videos"] = run_videos(a.bundle, real, a.frames)
+    ghost = a.data / "deepfakes" / "ghost"
+    res["ghost"] = run_videos(a.bundle, [ghost / n for n in ("orig.webp", "elon.webp", "khabenskii.webp", "mark.webp")],
+                              66)  # fmt: skip
+    res["latency"] = latency(a.bundle)
+    res["goals"] = goals(res)
+    try:
+        res["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                    text=True).stdout.strip()  # fmt: skip
+    except OSError:
+        pass
+    a.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.out / "results.json", res)
+    atomic_write_bytes(a.out / "results.md", markdown(res).encode())
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
