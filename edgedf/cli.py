@@ -4,6 +4,7 @@ device-side commands work on an install without torch."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,16 @@ app = typer.Typer(
 models_app = typer.Typer(help="Model presets: list them, initialise a checkpoint, smoke-check a model.")
 app.add_typer(models_app, name="models")
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """A terminal gets Rich's own width; a pipe, file or CI log gets tables at their full width (Rich
+    would cut them to 80 columns there, "vit_…"), unless COLUMNS says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=1000 if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable)
 

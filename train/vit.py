@@ -49,6 +49,10 @@ class ViTConfig:
     qat: bool = False  # fp variant with int8 fake-quant block linears (train/qat.py)
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    # head input: the cls token ("token", as timm's default) or the mean of the patch tokens ("avg": with
+    # a pretrained stem and few fresh blocks the head sees the stem's features from the first step;
+    # Beyer et al. 2022 found average pooling better for plain ViTs too)
+    global_pool: str = "token"
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +66,8 @@ class ViTConfig:
             problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             problems.append(f"the conv stem needs a power-of-two patch_size, got {self.patch_size}")
+        if self.global_pool not in ("token", "avg"):
+            problems.append(f"global_pool {self.global_pool!r} not in ('token', 'avg')")
         if self.stem == "lite0" and self.patch_size != 16:
             problems.append(f"the lite0 stem has stride 16: patch_size must be 16, got {self.patch_size}")
         if self.dim % self.heads:
@@ -256,7 +262,8 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(self.pos_drop(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[:, 0])
+        x = self.forward_features(x)
+        return self.head(x[:, 1:].mean(1) if self.cfg.global_pool == "avg" else x[:, 0])
 
 
 def build_model(cfg: ViTConfig, device: str | torch.device | None = None) -> VisionTransformer:

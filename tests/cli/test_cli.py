@@ -105,3 +105,14 @@ def test_device_side_works_without_torch():
     r = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_tables_are_complete_when_piped():
+    """Not on a terminal (a pipe, `| tee`, a CI log), tables keep every column whole, not cut to 80."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-m", "edgedf", "models"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "vit_small" in out.stdout and "343.20" in out.stdout and "fp32/ternary" in out.stdout
+    assert "…" not in out.stdout

@@ -123,3 +123,20 @@ def test_size_bytes_orders_precisions():
     assert s["fp32"] == 4 * count_params(build_model(ViTConfig.from_preset("vit_small"), device="meta"))
     assert s["fp32"] > s["int8"] > s["ternary"]
     assert s["fp32"] / s["ternary"] > 12
+
+
+def test_global_pool_avg_reads_the_patch_tokens_not_the_cls_token():
+    import torch
+
+    from edgedf.train.vit import ViTConfig, build_model
+
+    torch.manual_seed(0)
+    for pool in ("token", "avg"):
+        m = build_model(ViTConfig(preset=None, dim=32, depth=1, heads=2, img_size=32, patch_size=8, global_pool=pool))
+        m.eval()
+        x = torch.randn(2, 3, 32, 32)
+        feats = m.forward_features(x)
+        want = feats[:, 1:].mean(1) if pool == "avg" else feats[:, 0]
+        torch.testing.assert_close(m(x), m.head(want))
+    with pytest.raises(ValueError, match="global_pool"):
+        ViTConfig(preset=None, global_pool="max")
