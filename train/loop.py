@@ -265,7 +265,7 @@ def load_init(model: VisionTransformer, path: str, model_init_dir: str | Path = 
 
         if model.cfg.stem != "lite0":
             raise EdgedfError(f"init {LITE0_INIT} needs model.stem lite0")
-        p = Path(model_init_dir) / "efficientnet_lite0_stem.safetensors"
+        p = Path(model_init_dir) / "efficientnet_lite0.safetensors"
         if not p.is_file():
             convert_lite0(p)
         return init_from_file(model, p).summary()

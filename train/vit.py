@@ -53,6 +53,7 @@ class ViTConfig:
     # a pretrained stem and few fresh blocks the head sees the stem's features from the first step;
     # Beyer et al. 2022 found average pooling better for plain ViTs too)
     global_pool: str = "token"
+    stem_blocks: int = 11  # lite0: MBConv blocks in the stem (11: stride 16; 16, the whole trunk: stride 32)
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,8 +69,13 @@ class ViTConfig:
             problems.append(f"the conv stem needs a power-of-two patch_size, got {self.patch_size}")
         if self.global_pool not in ("token", "avg"):
             problems.append(f"global_pool {self.global_pool!r} not in ('token', 'avg')")
-        if self.stem == "lite0" and self.patch_size != 16:
-            problems.append(f"the lite0 stem has stride 16: patch_size must be 16, got {self.patch_size}")
+        if self.stem == "lite0":
+            stride = 16 if self.stem_blocks <= 11 else 32
+            if not 6 <= self.stem_blocks <= 16:
+                problems.append(f"stem_blocks must lie in 6..16 (stride 16 or 32), got {self.stem_blocks}")
+            elif self.patch_size != stride:
+                problems.append(f"the lite0 stem with {self.stem_blocks} blocks has stride {stride}: "
+                                f"patch_size must be {stride}, got {self.patch_size}")  # fmt: skip
         if self.dim % self.heads:
             problems.append(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.variant == "bit" and self.dim % 4:
@@ -78,8 +84,8 @@ class ViTConfig:
             problems.append("qat applies to the fp variant only")
         if self.variant == "bit" and int(self.dim * self.mlp_ratio) % 4:
             problems.append("the bit variant packs 4 weights a byte: dim * mlp_ratio must be a multiple of 4")
-        if self.num_classes < 1 or self.depth < 1:
-            problems.append("num_classes and depth must be >= 1")
+        if self.num_classes < 1 or self.depth < 0 or (self.depth == 0 and self.global_pool != "avg"):
+            problems.append("num_classes must be >= 1 and depth >= 1 (depth 0, a plain stem classifier, needs avg pool)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -116,7 +122,9 @@ class PatchEmbed(nn.Module):
     grid (stride 16) with 112 channels, projected to dim the same way.
     """
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, stem: str = "patch"):
+    def __init__(
+        self, img_size: int, patch_size: int, in_chans: int, dim: int, stem: str = "patch", stem_blocks: int = 11
+    ):
         super().__init__()
         self.grid = img_size // patch_size
         self.num_patches = self.grid * self.grid
@@ -126,7 +134,7 @@ class PatchEmbed(nn.Module):
         elif stem == "lite0":
             from .effnet import Lite0Trunk
 
-            self.stem = Lite0Trunk(img_size)
+            self.stem = Lite0Trunk(img_size, stem_blocks)
             self.proj = nn.Conv2d(self.stem.out_channels, dim, kernel_size=1)
         else:
             n = int(math.log2(patch_size))
@@ -229,7 +237,7 @@ class VisionTransformer(nn.Module):
         self.cfg = cfg
         linear = linear_factory(cfg)
         pre_norm = cfg.variant == "fp"  # BitLinear brings its own input norm (BitLinear.normalizes_input)
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.dim, cfg.stem)
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.dim, cfg.stem, cfg.stem_blocks)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, cfg.dim))
         self.pos_drop = nn.Dropout(cfg.drop_rate)

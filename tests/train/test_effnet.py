@@ -51,7 +51,17 @@ def test_lite0_stem_in_the_vit_and_the_init_file(tmp_path):
     assert model.patch_embed.num_patches == 16 and model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
     f = convert_lite0(tmp_path / "lite0.safetensors")
     rep = init_from_file(model, f)
-    assert not rep.skipped and not rep.unexpected and all(k.startswith("patch_embed.stem.") for k in rep.loaded)
+    assert not rep.skipped and all(k.startswith("patch_embed.stem.") for k in rep.loaded)
+    # the file holds the whole trunk; an 11-block stem leaves blocks 11..15 (layers 15..19) unused
+    assert {int(k.split(".")[2]) for k in rep.unexpected} == {15, 16, 17, 18, 19}
     assert torch.equal(model.state_dict()["patch_embed.stem.4.body.0.weight"], lite0_state()["4.body.0.weight"])
     with pytest.raises(ValueError, match="stride 16"):
         ViTConfig.from_preset("vit_tiny", stem="lite0", patch_size=8, img_size=64)
+    # the whole trunk as a plain classifier (the distillation teacher): stride 32, no blocks, average pool
+    full = ViTConfig.from_preset("vit_tiny", depth=0, stem="lite0", stem_blocks=16, patch_size=32, img_size=64,
+                                 global_pool="avg")  # fmt: skip
+    teacher = build_model(full)
+    assert not init_from_file(teacher, f).unexpected
+    assert teacher(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+    with pytest.raises(ValueError, match="avg"):
+        ViTConfig.from_preset("vit_tiny", depth=0, stem="lite0", stem_blocks=16, patch_size=32, img_size=64)
