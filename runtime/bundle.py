@@ -98,7 +98,26 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
                 raise EdgedfError(f"bundle {root} lacks {name}")
             if sha256_file(f) != info.get("sha256"):
                 raise EdgedfError(f"bundle {root}: {name} does not match its sha256 (tampered or corrupted)")
-    return Bundle(path=root, manifest=manifest, spec=FaceCropSpec.from_dict(manifest["preprocessing"]))
+    bundle = Bundle(path=root, manifest=manifest, spec=FaceCropSpec.from_dict(manifest["preprocessing"]))
+    _check_fields(bundle)
+    return bundle
+
+
+def _check_fields(b: Bundle) -> None:
+    """Fields the runtime computes with, checked at load so a bad bundle fails in one line, not mid-run."""
+    m, where = b.manifest, f"bundle {b.path}"
+    t = m["threshold"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+        raise EdgedfError(f"{where}: threshold must be a number in [0, 1], got {t!r}")
+    labels = m["labels"]
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise EdgedfError(f"{where}: labels must be a list of at least two names, got {labels!r}")
+    if not 0 <= b.fake_index < len(labels):
+        raise EdgedfError(f"{where}: fake_index {b.fake_index} is outside labels {labels}")
+    try:
+        b.verdict_policy  # noqa: B018 - validates
+    except EdgedfError as e:
+        raise EdgedfError(f"{where}: {e}") from None
 
 
 def file_entry(path: Path) -> dict[str, Any]:

@@ -62,7 +62,8 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.mode not in ("every", "fps", "frames"):
             raise EdgedfError(f"unknown sampling mode {self.mode!r}")
-        if not self.value > 0 or (self.mode in ("every", "frames") and int(self.value) != self.value):
+        finite = isinstance(self.value, (int, float)) and math.isfinite(self.value)
+        if not finite or not self.value > 0 or (self.mode in ("every", "frames") and int(self.value) != self.value):
             raise EdgedfError(f"--{self.mode} needs a positive {'number' if self.mode == 'fps' else 'integer'}")
 
     def to_dict(self) -> dict[str, Any]:

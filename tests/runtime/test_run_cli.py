@@ -186,9 +186,36 @@ def test_backend_not_installed(tiny_bundle, face_video):
     assert r.exit_code == 2 and "unknown backend" in r.stderr
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"threshold": "high"}, "threshold must be a number"),
+        ({"threshold": 1.7}, "threshold must be a number"),
+        ({"labels": "real"}, "labels must be a list"),
+        ({"fake_index": 5}, "fake_index 5 is outside"),
+        ({"verdict_policy": {"min_face_px": -3, "min_track_crops": 3}}, "min_face_px"),
+    ],
+)
+def test_bad_bundle_fields_fail_at_load(tiny_bundle, face_video, tmp_path, change, message):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m.update(change)
+    (bad / "manifest.json").write_text(json.dumps(m))
+    r = run(face_video, "--bundle", bad)
+    assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.output
+
+
 def test_option_errors(tiny_bundle, face_video):
     r = run(face_video, "--bundle", tiny_bundle, "--every", "2", "--fps", "3")
     assert r.exit_code == 2 and "choose one of" in r.stderr
+    for bad in ("inf", "nan"):
+        r = run(face_video, "--bundle", tiny_bundle, "--fps", bad)
+        assert r.exit_code == 2 and "--fps needs a positive number" in r.stderr and "Traceback" not in r.output
+    r = run(face_video, "--bundle", tiny_bundle, "--min-face", "-1")
+    assert r.exit_code == 2 and "--min-face" in r.stderr
     r = run(face_video, "--bundle", tiny_bundle, "--threshold", "1.5")
     assert r.exit_code == 2 and "--threshold" in r.stderr
 
