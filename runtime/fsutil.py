@@ -21,8 +21,32 @@ def _umask() -> int:
     return mask
 
 
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Where a file output may go: a regular file (through a symbolic link: its target) or a new name in an
+    existing directory. Devices, FIFOs, sockets and directories are refused, before any work is done, so
+    that an atomic replace never turns /dev/full (or a pipe) into a regular file. Returns the path to write."""
+    p = Path(path)
+    real = Path(os.path.realpath(p))
+    if real.exists():
+        if real.is_dir():
+            raise EdgedfError(f"{what} {p} is a directory; give a file name")
+        if not real.is_file():
+            raise EdgedfError(f"{what} {p} is not a regular file (a device, FIFO or socket): refusing to replace it")
+        if not os.access(real, os.W_OK):
+            raise EdgedfError(f"{what} {p} is not writable")
+    elif not real.parent.is_dir():
+        raise EdgedfError(f"{what} {p}: directory {real.parent} does not exist")
+    elif not os.access(real.parent, os.W_OK):
+        raise EdgedfError(f"{what} {p}: directory {real.parent} is not writable")
+    return real
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename; a symbolic link is written through
+    (its target is replaced, the link stays), and anything that is not a regular file is refused."""
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

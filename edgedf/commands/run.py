@@ -71,6 +71,12 @@ def register(app: typer.Typer) -> None:
             raise EdgedfError("--batch must be at least 1")
         if min_face is not None and not 0.0 <= min_face < 1e5:
             raise EdgedfError(f"--min-face must be a size in pixels >= 0, got {min_face}")
+        from edgedf.runtime.fsutil import check_output_file
+
+        # outputs checked before any analysis: a bad path must not cost a finished run
+        json_out = check_output_file(json_out, "--json") if json_out is not None else None
+        plot = check_output_file(plot, "--plot") if plot is not None else None
+        annotate = check_output_file(annotate, "--annotate") if annotate is not None else None
         bundle_path = bundle if bundle is not None else default_bundle_path()
         b = load_bundle(bundle_path)
         opts = RunOptions(

@@ -1,6 +1,7 @@
 """`edgedf run` end to end: real detector, real backends, videos made here."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from edgedf.cli import app
 from edgedf.runtime.backends import available
 from edgedf.runtime.bundle import load_bundle
+from edgedf.runtime.fsutil import _umask
 from edgedf.runtime.report import load_schema
 
 runner = CliRunner()
@@ -290,3 +292,25 @@ def test_schema_fields_are_documented():
     names |= set(schema["$defs"]["video_ok"]["required"]) | set(schema["$defs"]["track"]["required"])
     missing = sorted(n for n in names if f"`{n}`" not in doc)
     assert not missing, f"fields missing from docs/report-schema.md: {missing}"
+
+
+def test_output_paths_checked_before_analysis_and_never_destroyed(tiny_bundle, face_video, tmp_path):
+    import stat
+
+    for target, message in (("/dev/full", "not a regular file"), (str(tmp_path), "is a directory"),
+                            (str(tmp_path / "no" / "r.json"), "does not exist")):  # fmt: skip
+        r = run(face_video, "--bundle", tiny_bundle, "--json", target)
+        assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.output
+        assert "Verdict" not in r.stdout  # refused before the analysis, not after it
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # the device is still a device
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = run(face_video, "--bundle", tiny_bundle, "--plot", fifo)
+    assert r.exit_code == 2 and "not a regular file" in r.stderr and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    # a symbolic link is written through: the link stays, its target gets the report
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("{}")
+    link.symlink_to(real)
+    assert run(face_video, "--bundle", tiny_bundle, "--json", link).exit_code == 0
+    assert link.is_symlink() and validated(real)["sources"][0]["status"] == "ok"
+    assert oct(real.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
