@@ -312,18 +312,21 @@ def classify_source(source: str) -> str:
 
 
 def expand_sources(sources: list[str]) -> list[str]:
-    """Directories -> the media files in them (recursively, sorted); other sources as given."""
+    """Directories -> the media files in them (recursively, sorted); other sources as given.
+
+    A directory without media stays in the list as itself, and a media name that is not a regular file
+    (a FIFO, a socket) is listed too: each then fails as its own source (reported, the others still
+    run) rather than aborting the run or vanishing silently.
+    """
     out: list[str] = []
     for s in sources:
         if classify_source(s) == "dir":
             files = sorted(
                 str(p)
                 for p in Path(s).rglob("*")
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS
+                if not p.is_dir() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS
             )
-            if not files:
-                raise EdgedfError(f"directory {s} holds no images or videos")
-            out.extend(files)
+            out.extend(files or [s])
         else:
             out.append(s)
     return out
@@ -336,8 +339,10 @@ def open_source(source: str) -> FrameSource:
     path = Path(source)
     if not path.exists():
         raise EdgedfError(f"file not found: {source}")
+    if path.is_dir():
+        raise EdgedfError(f"directory {source} holds no images or videos")
     if not path.is_file():
-        raise EdgedfError(f"not a file: {source}")
+        raise EdgedfError(f"not a regular file (a FIFO, socket or device): {source}")
     if os.path.getsize(path) == 0:
         raise EdgedfError(f"{source} is empty (0 bytes)")
     ext = path.suffix.lower()

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from runtime_media import face_frames, write_h264
-
-
-TEST_BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "tiny_bundle"
+from runtime_media import TEST_BUNDLE, face_frames, write_h264
 
 
 @pytest.fixture(scope="session")

@@ -146,5 +146,6 @@ def test_directory_expansion(tmp_path, face_video):
     (tmp_path / "readme.txt").write_text("not media")
     assert expand_sources([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.mp4")]
     (tmp_path / "empty").mkdir()
+    assert expand_sources([str(tmp_path / "empty")]) == [str(tmp_path / "empty")]  # stays, to fail on its own
     with pytest.raises(EdgedfError, match="no images or videos"):
-        expand_sources([str(tmp_path / "empty")])
+        open_source(str(tmp_path / "empty"))

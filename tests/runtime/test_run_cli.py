@@ -314,3 +314,17 @@ def test_output_paths_checked_before_analysis_and_never_destroyed(tiny_bundle, f
     assert run(face_video, "--bundle", tiny_bundle, "--json", link).exit_code == 0
     assert link.is_symlink() and validated(real)["sources"][0]["status"] == "ok"
     assert oct(real.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_empty_directory_and_fifo_are_reported_while_good_sources_run(tiny_bundle, face_video, tmp_path):
+    empty, media = tmp_path / "empty", tmp_path / "media"
+    empty.mkdir()
+    media.mkdir()
+    os.mkfifo(media / "stream.mp4")  # a FIFO with a media name: must not block, must not vanish
+    out = tmp_path / "r.json"
+    r = run(face_video, empty, media, "--bundle", tiny_bundle, "--json", out)
+    assert r.exit_code == 1, r.output  # partly judged
+    by_source = {Path(s["source"]).name: s for s in validated(out)["sources"]}
+    assert by_source["face.mp4"]["status"] == "ok"
+    assert "holds no images or videos" in by_source["empty"]["error"]
+    assert "not a regular file" in by_source["stream.mp4"]["error"]

@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TEST_BUNDLE
-from runtime_media import load_bundle_maker
+from runtime_media import TEST_BUNDLE, load_bundle_maker
 
 from edgedf.runtime.backends import open_classifier
 from edgedf.runtime.bundle import load_bundle
