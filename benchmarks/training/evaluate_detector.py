@@ -1,6 +1,6 @@
 """Every figure of the shipped detector's goals (issue #10), from one command.
 
-    python benchmarks/training/evaluate_detector.py --bundle edgedf/runtime/assets/default_bundle \
+    python benchmarks/training/evaluate_detector.py --bundle runtime/assets/default_bundle \
         --fp runs/detector_fp/model --bit runs/detector_bit/model --out benchmarks/training/detector
 
 - crops: DFDC dev (crop AUC), FF++ c23 val+test ids (video AUC per method, frames pooled per video),

@@ -1,7 +1,7 @@
 """Pseudo-fake AUC of a checkpoint on the held-out real faces of a crops folder (split val), each with a
 self-blend drawn from SEEDS other than the one training validated with.
 
-    python benchmarks/training/pseudo_fake_auc.py runs/sbi_bit_tiny/model runs/crops/faces112 1 2
+    python benchmarks/training/sbi_only/pseudo_fake_auc.py runs/sbi_bit_tiny/model runs/crops/faces112 1 2
 """
 
 from __future__ import annotations
