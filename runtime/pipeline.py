@@ -63,6 +63,20 @@ def _detect_every(opts: RunOptions, fps: float | None) -> int:
     return int(min(5, max(1, round(0.1 / gap))))
 
 
+def _track_max_age(opts: RunOptions, info) -> float:
+    """How long a track survives unseen: 1 s, or 2.5 analysed-frame gaps when frames lie further apart
+    (`--frames K` over a long video, `--fps 0.2`), so a face seen in consecutive analysed frames stays one
+    track and can gather the crops a verdict needs."""
+    gap = 0.0
+    if opts.sampling.mode == "fps":
+        gap = 1.0 / opts.sampling.value
+    elif opts.sampling.mode == "every" and info.fps:
+        gap = opts.sampling.value / info.fps
+    elif opts.sampling.mode == "frames" and info.duration_s:
+        gap = info.duration_s / max(opts.sampling.value - 1, 1)
+    return max(1.0, 2.5 * gap)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -141,7 +155,7 @@ class Pipeline:
         timer.add("decode", t_start)
         info = src.info
         k_detect = _detect_every(opts, info.fps)
-        tracker = Tracker()
+        tracker = Tracker(max_age_s=_track_max_age(opts, info))
         spec = self.bundle.spec
         frames: list[dict[str, Any]] = []
         pending: list[tuple[dict, np.ndarray]] = []

@@ -60,3 +60,16 @@ def test_policy_validation():
     with pytest.raises(EdgedfError, match="verdict policy"):
         VerdictPolicy.from_dict({"min_face": 3})
     assert VerdictPolicy.from_dict(None) == VerdictPolicy()
+
+
+def test_tracks_survive_the_gap_between_sparse_frames():
+    from types import SimpleNamespace
+
+    from edgedf.runtime.decode import Sampling
+    from edgedf.runtime.pipeline import RunOptions, _track_max_age
+
+    video = SimpleNamespace(fps=30.0, duration_s=34.0)
+    assert _track_max_age(RunOptions(sampling=Sampling("fps", 5)), video) == 1.0  # dense: the usual 1 s
+    # --frames 16 over 34 s: frames ~2.3 s apart; a face in consecutive frames must stay one track
+    assert _track_max_age(RunOptions(sampling=Sampling("frames", 16)), video) > 34.0 / 15
+    assert _track_max_age(RunOptions(sampling=Sampling("every", 90)), video) >= 3 * 2.5
