@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         annotate: Path | None = typer.Option(None, "--annotate", help="Write an annotated video (mp4) here."),
         plot: Path | None = typer.Option(None, "--plot", help="Write a PNG timeline of p(fake) per track here."),
         threads: int = typer.Option(0, "--threads", help="Threads per backend session (0: backend default)."),
-        batch: int = typer.Option(16, "--batch", help="Face crops per classifier call."),
+        batch: int = typer.Option(8, "--batch", help="Face crops per classifier call."),
         no_frames: bool = typer.Option(False, "--no-frames", help="Leave per-frame records out of the report."),
     ) -> None:
         """Detect, track, align and classify faces; print verdicts, optionally write report, video, plot."""
