@@ -125,8 +125,9 @@ def markdown(res: dict) -> str:
     lines += ["| set | model | frame AUC | video AUC | crops | videos |", "|---|---|---|---|---|---|"]
     for model, sets in res["crops"].items():
         for name, groups in sets.items():
+            pooled = "all" if "all" in groups else next(iter(groups))  # a one-group set has no "all"
             for g, m in groups.items():
-                if name == "ffpp_dev" or g == "all":
+                if (name == "ffpp_dev" and m["frame_auc"] is not None) or g == pooled:
                     label = name if g == "all" else f"{name} {g.split('/')[-1]}"
                     lines.append(f"| {label} | {model} | {_f(m['frame_auc'])} | {_f(m['video_auc'])} | "
                                  f"{m['frames']} | {m['videos']} |")  # fmt: skip
