@@ -27,6 +27,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="Model presets: list them, initialise a checkpoint, smoke-check a model.")
 app.add_typer(models_app, name="models")
 
+
 def _console(stderr: bool = False) -> Console:
     """A terminal gets Rich's own width; a pipe, file or CI log gets tables at their full width (Rich
     would cut them to 80 columns there, "vit_…"), unless COLUMNS says otherwise."""

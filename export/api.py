@@ -195,9 +195,7 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             "fake_index": ck.labels.index("fake") if "fake" in ck.labels else len(ck.labels) - 1,
             "threshold": float(ck.meta.get("threshold", 0.5)),
             "threshold_calibration": None,
-            "verdict_policy": VerdictPolicy(
-                *([opts.min_face_px] if opts.min_face_px is not None else [])
-            ).to_dict(),
+            "verdict_policy": VerdictPolicy(*([opts.min_face_px] if opts.min_face_px is not None else [])).to_dict(),
             "calibration": calibration,
             "size": {
                 "bundle_bytes": bundle_bytes,

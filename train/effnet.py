@@ -121,7 +121,10 @@ def lite0_state(
     # _depthwise_conv, _bn1, _project_conv, _bn2; ours follows the same order
     theirs: list[str] = ["_conv_stem.weight"] + [f"_bn0.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
     for i, (_, _, e, _, _) in enumerate(LITE0_BLOCKS[:blocks]):
-        parts = ([("_expand_conv", "_bn0")] if e != 1 else []) + [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+        parts = ([("_expand_conv", "_bn0")] if e != 1 else []) + [
+            ("_depthwise_conv", "_bn1"),
+            ("_project_conv", "_bn2"),
+        ]
         for conv, bn in parts:
             theirs.append(f"_blocks.{i}.{conv}.weight")
             theirs += [f"_blocks.{i}.{bn}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
@@ -134,7 +137,9 @@ def lite0_state(
             raise EdgedfError(f"{source or 'the Lite0 wheel'} has no tensor {key}: not the Lite0 state dict")
         v = src[key].float()
         if v.shape != trunk.state_dict()[ours].shape:
-            raise EdgedfError(f"Lite0 tensor {key} is {tuple(v.shape)}, expected {tuple(trunk.state_dict()[ours].shape)}")
+            raise EdgedfError(
+                f"Lite0 tensor {key} is {tuple(v.shape)}, expected {tuple(trunk.state_dict()[ours].shape)}"
+            )
         out[ours] = v.clone()
     # x_tf = (255 (x std + mean) - 127) / 128 = x a + b per channel: scale the kernel by a, and move the
     # constant b through the (linear) conv into the BN's running mean
@@ -147,7 +152,10 @@ def lite0_state(
 
 
 def convert_lite0(
-    out: str | Path, source: str | Path | None = None, prefix: str = "patch_embed.stem.", blocks: int = len(LITE0_BLOCKS)
+    out: str | Path,
+    source: str | Path | None = None,
+    prefix: str = "patch_embed.stem.",
+    blocks: int = len(LITE0_BLOCKS),
 ) -> Path:
     """Write the trunk's weights (all blocks: a shorter stem loads what it has) as a safetensors file for
     `init:` (a model with stem 'lite0')."""

@@ -191,7 +191,9 @@ def build_mixed_data(cfg: TrainConfig, img_size: int | None) -> Data:
         records, fspec = read_index(cfg.crops)
         if fspec != spec:
             raise EdgedfError(f"{cfg.crops} was made with another preprocessing spec than {folders[0]}")
-        sbi_store = CropStore(Path(cfg.crops), [r for r in records if r.split == "train" and r.label == 0], spec.input_size)
+        sbi_store = CropStore(
+            Path(cfg.crops), [r for r in records if r.split == "train" and r.label == 0], spec.input_size
+        )
     augment = Augment(low_res=cfg.low_res) if cfg.augment else None
     train = MixedDetect(train_stores, weights, spec, sbi_store, cfg.sbi_weight, cfg.seed, augment)
     val = None

@@ -85,7 +85,9 @@ class ViTConfig:
         if self.variant == "bit" and int(self.dim * self.mlp_ratio) % 4:
             problems.append("the bit variant packs 4 weights a byte: dim * mlp_ratio must be a multiple of 4")
         if self.num_classes < 1 or self.depth < 0 or (self.depth == 0 and self.global_pool != "avg"):
-            problems.append("num_classes must be >= 1 and depth >= 1 (depth 0, a plain stem classifier, needs avg pool)")
+            problems.append(
+                "num_classes must be >= 1 and depth >= 1 (depth 0, a plain stem classifier, needs avg pool)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -133,7 +133,10 @@ def markdown(res: dict) -> str:
                                  f"{m['frames']} | {m['videos']} |")  # fmt: skip
     cal = res.get("threshold_calibration") or {}
     lines += ["", f"## Videos (bundle, threshold {res['threshold']:.4f}; {cal.get('method', 'uncalibrated')})", ""]
-    lines += ["| source | verdict | score (top judged track) | tracks judged | faces too small |", "|---|---|---|---|---|"]
+    lines += [
+        "| source | verdict | score (top judged track) | tracks judged | faces too small |",
+        "|---|---|---|---|---|",
+    ]
     for group in ("real_videos", "ghost"):
         for r in res[group]:
             lines.append(f"| {r['source']} | {r['verdict']} | {_f(r['score'])} | {r['tracks_judged']}/{r['tracks']} "
@@ -160,13 +163,18 @@ def goals(res: dict) -> list[dict]:
     real = ghost.get("orig.webp")
     swaps = [s for n, s in ghost.items() if n != "orig.webp"]
     above = sum(s is not None and real is not None and s > real for s in swaps)
+    dfdc = _f(b["dfdc_dev"]["all"]["frame_auc"])
+    per_method = ", ".join(f"{k} {v:.3f}" for k, v in sorted(methods.items()))
     out = [
-        {"figure": "DFDC dev crop AUC, shipped bundle", "goal": ">= 0.90", "measured": _f(b["dfdc_dev"]["all"]["frame_auc"])},
-        {"figure": "FF++ c23 dev video AUC per method", "goal": ">= 0.90 each",
-         "measured": ", ".join(f"{k} {v:.3f}" for k, v in sorted(methods.items()))},
-        {"figure": "real videos judged fake", "goal": "0 of 16", "measured": f"{reals_fake} of {len(res['real_videos'])}"},
+        {"figure": "DFDC dev crop AUC, shipped bundle", "goal": ">= 0.90", "measured": dfdc},
+        {"figure": "FF++ c23 dev video AUC per method", "goal": ">= 0.90 each", "measured": per_method},
+        {
+            "figure": "real videos judged fake",
+            "goal": "0 of 16",
+            "measured": f"{reals_fake} of {len(res['real_videos'])}",
+        },
         {"figure": "GHOST swaps scored above the real clip", "goal": "3 of 3", "measured": f"{above} of {len(swaps)}"},
-    ]  # fmt: skip
+    ]
     if fp is not None:
         d = b["dfdc_dev"]["all"]["frame_auc"] - fp["dfdc_dev"]["all"]["frame_auc"]
         out.append({"figure": "ternary bundle vs fp twin, DFDC dev AUC", "goal": "within 2 points",
@@ -195,9 +203,8 @@ def main() -> None:
     manifest = json.loads((a.bundle / "manifest.json").read_text())
     res: dict = {
         "created": time.strftime("%Y-%m-%d %H:%M"),
-        "command": "python benchmarks/training/evaluate_detector.py " + " ".join(
-            f"--{k} {v}" for k, v in (("bundle", a.bundle), ("fp", a.fp), ("bit", a.bit)) if v
-        ),
+        "command": "python benchmarks/training/evaluate_detector.py "
+        + " ".join(f"--{k} {v}" for k, v in (("bundle", a.bundle), ("fp", a.fp), ("bit", a.bit)) if v),
         "host": cpu_facts(),
         "threshold": manifest["threshold"],
         "threshold_calibration": manifest.get("threshold_calibration"),

@@ -35,8 +35,12 @@ def register(app: typer.Typer) -> None:
             [], "--threshold-data", help="Crops folder(s) whose real dev crops calibrate the threshold (repeatable)."
         ),
         threshold_split: str = typer.Option("val,test", "--threshold-split", help="Their split(s) to use."),
-        false_alarm: float = typer.Option(0.01, "--false-alarm", help="Share of real crops allowed above the threshold."),
-        min_face: float | None = typer.Option(None, "--min-face", help="Faces smaller (px, shorter box side) are not judged."),
+        false_alarm: float = typer.Option(
+            0.01, "--false-alarm", help="Share of real crops allowed above the threshold."
+        ),
+        min_face: float | None = typer.Option(
+            None, "--min-face", help="Faces smaller (px, shorter box side) are not judged."
+        ),
     ) -> None:
         """Export a checkpoint to a verified bundle for one target (TensorRT, OpenVINO or ONNX Runtime)."""
         _need_torch()

@@ -39,7 +39,9 @@ def face_frames(n: int, size=(640, 360), face=True, moving=True) -> list[np.ndar
     return out
 
 
-TEST_BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "tiny_bundle"  # scripts/make_default_bundle.py --test-bundle
+TEST_BUNDLE = (
+    Path(__file__).resolve().parents[1] / "assets" / "tiny_bundle"
+)  # scripts/make_default_bundle.py --test-bundle
 
 
 def write_h264(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:

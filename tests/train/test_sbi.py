@@ -50,7 +50,7 @@ def test_hull_types_differ_as_the_papers_do():
     rng = lambda: np.random.default_rng(3)  # noqa: E731 - the same jitter for each type
     full, ext = hull_mask(LM, (112, 112), rng(), "dfl_full"), hull_mask(LM, (112, 112), rng(), "extended")
     brow_y = int(LM[:2, 1].min()) - 12  # above the brows: the forehead
-    assert ext[: brow_y].sum() > full[: brow_y].sum() + 50  # extended reaches up into the forehead
+    assert ext[:brow_y].sum() > full[:brow_y].sum() + 50  # extended reaches up into the forehead
     comp = hull_mask(LM, (112, 112), rng(), "components")
     assert comp.sum() < 0.97 * _convex_area(comp)  # a union of parts: not convex
     assert full.sum() > 0.97 * _convex_area(full)
@@ -117,7 +117,7 @@ def test_official_downscale_is_by_two_or_four_with_nearest():
         out = frequency_transform(img, np.random.default_rng(s))
         # a nearest 1/r downscale then linear upscale keeps the exact value of sampled pixels
         for r in (2, 4):
-            small = img[:: r, :: r]
+            small = img[::r, ::r]
             if np.corrcoef(out[r // 2 :: r, r // 2 :: r].ravel(), small.ravel())[0, 1] > 0.5:
                 seen.add(r)
     assert seen == {2, 4}

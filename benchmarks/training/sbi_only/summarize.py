@@ -1,6 +1,6 @@
 """Markdown tables from a run's metrics.jsonl and `edgedf eval --json` files (used for results.md).
 
-python benchmarks/training/sbi_only/summarize.py benchmarks/training/sbi_only/metrics.jsonl benchmarks/training/sbi_only/eval_*.json
+cd benchmarks/training/sbi_only && python summarize.py metrics.jsonl eval_*.json
 """
 
 from __future__ import annotations
