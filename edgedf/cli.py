@@ -42,8 +42,21 @@ err_console = _console(stderr=True)
 F = TypeVar("F", bound=Callable)
 
 
+INTERNAL_ERROR = 4  # a bug, not bad input: distinct from 1 (partly judged) and 2 (bad input)
+DEBUG = {"on": os.environ.get("EDGEDF_DEBUG", "") not in ("", "0")}
+
+
+def one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def internal_error_line(e: BaseException) -> str:
+    return f"internal error: {one_line(e)} (a bug in edgedf; rerun with --debug for the traceback)"
+
+
 def cli_errors(fn: F) -> F:
-    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+    """Bad input -> one line on stderr and exit code 2; an unexpected error (a bug) -> one line and exit
+    code 4, the traceback only with `edgedf --debug`; never a traceback that looks like a result."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -55,6 +68,13 @@ def cli_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:
+            if DEBUG["on"]:
+                raise
+            err_console.print(f"[red]{escape(internal_error_line(e))}[/red]", highlight=False, soft_wrap=True)
+            raise typer.Exit(INTERNAL_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -270,8 +290,11 @@ def _root(
     version: bool = typer.Option(
         False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error."),
 ) -> None:
     """Train, export and run deepfake detectors (full-precision and BitLinear ViTs) on edge devices."""
+    if debug:
+        DEBUG["on"] = True
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgedf.cli import cli_errors, console, err_console
+    from edgedf.cli import DEBUG, cli_errors, console, err_console, one_line
     from edgedf.runtime.errors import EdgedfError
 
     @app.command("run")
@@ -95,6 +95,12 @@ def register(app: typer.Typer) -> None:
             except EdgedfError as e:
                 err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
                 results.append(error_section(src, str(e)))
+            except Exception as e:  # a backend failure or a bug on this source: the others still run
+                if DEBUG["on"]:
+                    raise
+                line = f"analysis failed: {one_line(e)} (edgedf --debug run ... for the traceback)"
+                err_console.print(f"[red]{escape(src)}: {escape(line)}[/red]", highlight=False, soft_wrap=True)
+                results.append(error_section(src, line))
         if plot is not None and any(r["status"] == "ok" for r in results):
             plot_timeline(plot, results, pipe.threshold)
         if no_frames:

@@ -328,3 +328,39 @@ def test_empty_directory_and_fifo_are_reported_while_good_sources_run(tiny_bundl
     assert by_source["face.mp4"]["status"] == "ok"
     assert "holds no images or videos" in by_source["empty"]["error"]
     assert "not a regular file" in by_source["stream.mp4"]["error"]
+
+
+def test_backend_failure_is_one_sources_error_and_the_report_is_written(tiny_bundle, face_video, tmp_path):
+    """A bundle whose model rejects the input its spec makes (ORT InvalidArgument): each source gets an
+    error section and one line, the report is written, and no traceback masquerades as a result."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["preprocessing"]["input_size"] = 48  # the model takes 64 px
+    (bad / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "r.json"
+    r = run(face_video, face_video, "--bundle", bad, "--json", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.count("analysis failed: InvalidArgument") == 2 and r.stderr.count("\n") == 2
+    assert [s["status"] for s in validated(out)["sources"]] == ["error", "error"]
+    from edgedf.cli import DEBUG
+
+    try:  # with --debug the error propagates with its traceback
+        r = runner.invoke(app, ["--debug", "run", str(face_video), "--bundle", str(bad)])
+        assert r.exception is not None and "analysis failed" not in r.stderr
+    finally:
+        DEBUG["on"] = False
+
+
+def test_internal_error_has_its_own_exit_code_and_one_line(tiny_bundle, face_video, monkeypatch):
+    import edgedf.runtime.report as report
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated bug\nsecond line")
+
+    monkeypatch.setattr(report, "build_report", broken)  # a bug after the analysis, not bad input
+    r = run(face_video, "--bundle", tiny_bundle)
+    assert r.exit_code == 4 and "internal error: RuntimeError: simulated bug second line" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
