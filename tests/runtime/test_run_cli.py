@@ -247,9 +247,14 @@ def test_default_bundle_ships_trained_ternary_and_says_what_it_is():
     b = load_bundle(DEFAULT_BUNDLE)  # hashes verified
     m = b.manifest
     assert m["model"]["trained"] is True and m["model"]["variant"] == "bit" and m["precision"] == "ternary"
-    assert m["backend"] == "ort" and "pseudo-fakes" in b.notes and "MODEL_CARD.md" in b.notes
+    assert m["backend"] == "ort" and "DFDC" in b.notes and "MODEL_CARD.md" in b.notes
     assert all(r["decisive_agreement"] >= 0.99 for r in m["parity"]["backends"].values() if r["status"] == "ok")
-    assert sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir()) < 4e6
+    assert sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir()) < 6e6  # the edge budget
+    # the threshold was calibrated on real dev faces, and says how
+    cal = m["threshold_calibration"]
+    assert b.threshold == cal["threshold"] and cal["real_crops"] > 500
+    assert cal["false_alarm_rate"] <= cal["false_alarm_target"] <= 0.05
+    assert b.verdict_policy.min_face_px > 0
 
 
 NO_TORCH_RUN = """
