@@ -61,6 +61,8 @@ class Classifier:
         self.bundle = bundle
         self.backend = backend or bundle.backend
         mod = backend_module(self.backend)
+        if not mod.available():  # before preparing the model, whose own needs would hide this
+            raise EdgedfError(f"backend {self.backend} is not installed here ({mod.INSTALL_HINT})")
         model = mod.model_for_bundle(bundle) if hasattr(mod, "model_for_bundle") else bundle.entry
         options = options or BackendOptions()
         options.precision = options.precision or bundle.manifest["precision"]

@@ -273,7 +273,9 @@ def test_run_with_default_bundle_needs_no_torch(tmp_path):
     img = tmp_path / "face.jpg"
     cv2.imwrite(str(img), face_frames(1)[0])
     out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, "-c", NO_TORCH_RUN, str(img), str(out)], capture_output=True, text=True)
+    r = subprocess.run(  # cwd outside the checkout: the installed edgedf, not the source tree
+        [sys.executable, "-c", NO_TORCH_RUN, str(img), str(out)], capture_output=True, text=True, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert validated(out)["sources"][0]["video"]["n_crops"] == 1
 
