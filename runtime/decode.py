@@ -17,6 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# FFmpeg's own log lines ("[h264 @ 0x...] Invalid NAL unit size") would go straight to stderr, unasked and
+# unparseable; what matters reaches the user as the source's warnings instead. Read when OpenCV first
+# opens a video, so setting it here (before any capture) is in time; a user's own setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
 import cv2
 import numpy as np
 
@@ -106,6 +111,7 @@ def _png_or_header_size(path: Path) -> tuple[int, int] | None:
 class FrameSource:
     info: SourceInfo
     warnings: list[str]
+    incomplete: bool = False  # the source ended before its declared length (truncated or corrupt)
 
     def frames(self, sampling: Sampling) -> Iterator[Frame]:
         raise NotImplementedError
@@ -163,6 +169,7 @@ class AnimationSource(FrameSource):
                 self._im.seek(i)
             except EOFError:
                 self.warnings.append(f"animation ended at frame {i} of {n}")
+                self.incomplete = True
                 return
             self._im.load()
             if wanted is not None:
@@ -294,6 +301,7 @@ class VideoSource(FrameSource):
         self.frames_read = i + 1
         if info.kind == "video" and n and i + 1 < (last_wanted + 1 if last_wanted is not None else n) - 1:
             self.warnings.append(f"decoding stopped at frame {i + 1} of {n} declared: truncated or corrupt file?")
+            self.incomplete = True
 
     def close(self) -> None:
         self.cap.release()

@@ -253,7 +253,7 @@ class Pipeline:
             media_s = frames_read / info.fps
         return {
             "source": source,
-            "status": "ok",
+            "status": "partial" if src.incomplete else "ok",  # judged on what could be read
             "error": None,
             "info": info.to_dict(),
             "sampling": {

@@ -35,6 +35,7 @@ def build_report(pipeline_facts: dict[str, Any], sources: list[dict[str, Any]]) 
         "summary": {
             "n_sources": len(sources),
             "n_ok": sum(s["status"] == "ok" for s in sources),
+            "n_partial": sum(s["status"] == "partial" for s in sources),
             "n_error": sum(s["status"] == "error" for s in sources),
             "verdicts": verdicts,
         },
@@ -52,11 +53,12 @@ def load_schema() -> dict[str, Any]:
 
 def exit_code(sources: list[dict[str, Any]]) -> int:
     """0: every source judged real/fake; 1: some judged, some failed or had no face;
-    2: nothing judged and at least one error; 3: nothing judged because no source had a face."""
+    2: nothing judged and at least one error; 3: nothing judged because no source had a face;
+    5: every source judged, but at least one only in part (truncated or corrupt: status "partial")."""
     verdicts = [(s.get("video") or {}).get("verdict") for s in sources]
     judged = sum(v in ("real", "fake") for v in verdicts)
     if judged == len(verdicts) and judged:
-        return 0
+        return 5 if any(s["status"] == "partial" for s in sources) else 0
     if judged:
         return 1
     return 2 if any(s["status"] == "error" for s in sources) else 3
@@ -71,7 +73,7 @@ def plot_timeline(path: str | Path, sources: list[dict[str, Any]], threshold: fl
         import matplotlib.pyplot as plt
     except ImportError:
         raise EdgedfError("--plot needs matplotlib: pip install 'edgedf[plot]'") from None
-    ok = [s for s in sources if s["status"] == "ok"]
+    ok = [s for s in sources if s["status"] != "error"]
     if not ok:
         raise EdgedfError("--plot: no source could be analysed, nothing to plot")
     fig, axes = plt.subplots(len(ok), 1, figsize=(9, 2.6 * len(ok)), squeeze=False)

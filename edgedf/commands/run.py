@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
             try:
                 ann = annotate_path(annotate, i, src, len(paths)) if annotate is not None else None
                 results.append(_run_one(pipe, src, ann, err_console))
+                for w in results[-1]["warnings"]:  # on the console too, not only in the JSON
+                    err_console.print(f"[yellow]warning:[/yellow] {escape(src)}: {escape(w)}", highlight=False)
             except EdgedfError as e:
                 err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
                 results.append(error_section(src, str(e)))
@@ -101,7 +103,7 @@ def register(app: typer.Typer) -> None:
                 line = f"analysis failed: {one_line(e)} (edgedf --debug run ... for the traceback)"
                 err_console.print(f"[red]{escape(src)}: {escape(line)}[/red]", highlight=False, soft_wrap=True)
                 results.append(error_section(src, line))
-        if plot is not None and any(r["status"] == "ok" for r in results):
+        if plot is not None and any(r["status"] != "error" for r in results):
             plot_timeline(plot, results, pipe.threshold)
         if no_frames:
             for r in results:
@@ -109,7 +111,7 @@ def register(app: typer.Typer) -> None:
         report = build_report(pipe.describe(), results)
         if json_out is not None:
             write_report(json_out, report)
-        if any(r["status"] == "ok" for r in results):
+        if any(r["status"] != "error" for r in results):
             console.print(_summary_table(results, pipe, Table))
             notes = b.notes
             if notes and bundle is None:
@@ -155,7 +157,7 @@ def _summary_table(results, pipe, Table):
         table.add_column(col, justify="left" if col in ("Source", "Verdict") else "right")
     for r in results:
         name = escape(r["source"] if "://" in r["source"] else Path(r["source"]).name)
-        if r["status"] != "ok":
+        if r["status"] == "error":
             table.add_row(name, "-", "-", "-", "-", "[red]error[/red]", "-")
             continue
         v, s = r["video"], r["speed"]

@@ -132,10 +132,16 @@ def test_truncated_faststart_video_is_analysed_with_a_warning(tiny_bundle, tmp_p
     cut.write_bytes(data[: int(len(data) * 0.6)])
     out = tmp_path / "r.json"
     r = run(cut, "--bundle", tiny_bundle, "--every", "5", "--json", out)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 5, r.output  # judged, but only in part: its own exit code
     s = validated(out)["sources"][0]
-    assert 0 < s["sampling"]["frames_read"] < 60
+    assert s["status"] == "partial" and 0 < s["sampling"]["frames_read"] < 60
     assert any("truncated" in w for w in s["warnings"])
+    assert "warning:" in r.stderr and "truncated" in r.stderr  # on the console too, not only in the JSON
+    # FFmpeg's own log lines ("[h264 @ 0x...] Invalid NAL unit size") stay out of stderr
+    p = subprocess.run([sys.executable, "-m", "edgedf", "run", str(cut), "--bundle", str(tiny_bundle), "--every", "5"],
+                       capture_output=True, text=True, cwd=tmp_path, env={k: v for k, v in os.environ.items()
+                                                                          if k != "OPENCV_FFMPEG_LOGLEVEL"})  # fmt: skip
+    assert p.returncode == 5 and "@ 0x" not in p.stderr and "warning:" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize(
