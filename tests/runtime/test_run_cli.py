@@ -138,9 +138,9 @@ def test_truncated_faststart_video_is_analysed_with_a_warning(tiny_bundle, tmp_p
     assert any("truncated" in w for w in s["warnings"])
     assert "warning:" in r.stderr and "truncated" in r.stderr  # on the console too, not only in the JSON
     # FFmpeg's own log lines ("[h264 @ 0x...] Invalid NAL unit size") stay out of stderr
-    p = subprocess.run([sys.executable, "-m", "edgedf", "run", str(cut), "--bundle", str(tiny_bundle), "--every", "5"],
-                       capture_output=True, text=True, cwd=tmp_path, env={k: v for k, v in os.environ.items()
-                                                                          if k != "OPENCV_FFMPEG_LOGLEVEL"})  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    cmd = [sys.executable, "-m", "edgedf", "run", str(cut), "--bundle", str(tiny_bundle), "--every", "5"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert p.returncode == 5 and "@ 0x" not in p.stderr and "warning:" in p.stderr, p.stderr
 
 
