@@ -94,6 +94,12 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
         raise EdgedfError(f"output path already exists: {out} (choose another --out or remove it)")
     if opts.batch is not None and opts.batch < 1:
         raise EdgedfError(f"--batch must be >= 1, got {opts.batch}")
+    # checked before any work, not after the export
+    policy = VerdictPolicy(*([opts.min_face_px] if opts.min_face_px is not None else []))
+    if opts.threshold_data:
+        from .threshold import check_false_alarm
+
+        check_false_alarm(opts.false_alarm)
     source = crop_source(opts.data, ck.spec, opts.fraction, opts.seed)
     lowering_used = (opts.lowering or profile.ternary_lowering) if precision == "ternary" else None
     if opts.lowering and precision != "ternary":
@@ -195,7 +201,7 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             "fake_index": ck.labels.index("fake") if "fake" in ck.labels else len(ck.labels) - 1,
             "threshold": float(ck.meta.get("threshold", 0.5)),
             "threshold_calibration": None,
-            "verdict_policy": VerdictPolicy(*([opts.min_face_px] if opts.min_face_px is not None else [])).to_dict(),
+            "verdict_policy": policy.to_dict(),
             "calibration": calibration,
             "size": {
                 "bundle_bytes": bundle_bytes,

@@ -28,11 +28,15 @@ def threshold_for(real_scores: np.ndarray, false_alarm: float) -> float:
     return float(np.nextafter(s[k], np.inf))  # just above the (k+1)-th highest real score
 
 
+def check_false_alarm(false_alarm: float) -> None:
+    if not 0 < false_alarm < 0.5:
+        raise EdgedfError(f"--false-alarm must lie in (0, 0.5), got {false_alarm}")
+
+
 def calibrate(bundle_dir: Path, crops: list[Path], false_alarm: float, split: str = "val,test") -> dict[str, Any]:
     from edgedf.train.evaluate import open_scorer, score_crops
 
-    if not 0 < false_alarm < 0.5:
-        raise EdgedfError(f"--false-alarm must lie in (0, 0.5), got {false_alarm}")
+    check_false_alarm(false_alarm)
     scorer = open_scorer(bundle_dir)
     items = []
     for c in crops:

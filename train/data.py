@@ -120,6 +120,12 @@ def _flip(img: np.ndarray, lm: np.ndarray | None) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(img), lm
 
 
+def require_landmarks(store: CropStore) -> None:
+    missing = [r.path for r in store.records if r.landmarks is None]
+    if missing:
+        raise EdgedfError(f"self-blending needs landmarks; {len(missing)} crops have none (e.g. {missing[0]})")
+
+
 @dataclass
 class Curriculum:
     """Easier blends first: colour changes `start_strength` times stronger and only full blends, easing
@@ -153,9 +159,7 @@ class SBIPairs(Dataset):
         sbi: SBIConfig | None = None,
         curriculum: Curriculum | None = None,
     ):
-        missing = [r.path for r in store.records if r.landmarks is None]
-        if missing:
-            raise EdgedfError(f"self-blending needs landmarks; {len(missing)} crops have none (e.g. {missing[0]})")
+        require_landmarks(store)
         self.store, self.spec, self.seed, self.train = store, spec, seed, train
         self.sbi = sbi or SBIConfig()
         self.curriculum = curriculum or Curriculum()
@@ -239,7 +243,7 @@ class Augment:
         for img in images:
             r = np.random.default_rng(seed)
             if r.random() < 0.5:
-                img = np.ascontiguousarray(img[:, ::-1])
+                img, _ = _flip(img, None)
             if self.margin > 0:
                 img = margin_jitter(img, r, self.margin)
             if r.random() < self.low_res:
@@ -278,7 +282,7 @@ class MixedDetect(Dataset):
             raise EdgedfError("labeled_weights: one non-negative weight per labelled crops folder")
         self.p = np.asarray(p, float) / sum(p)
         if sbi_store is not None:
-            SBIPairs(sbi_store, spec)  # checks the landmarks
+            require_landmarks(sbi_store)
         self.sbi_store, self.spec, self.seed = sbi_store, spec, seed
         self.augment, self.sbi = augment, sbi or SBIConfig()
 

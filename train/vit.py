@@ -70,7 +70,9 @@ class ViTConfig:
         if self.global_pool not in ("token", "avg"):
             problems.append(f"global_pool {self.global_pool!r} not in ('token', 'avg')")
         if self.stem == "lite0":
-            stride = 16 if self.stem_blocks <= 11 else 32
+            from .effnet import lite0_stride
+
+            stride = lite0_stride(self.stem_blocks)
             if not 6 <= self.stem_blocks <= 16:
                 problems.append(f"stem_blocks must lie in 6..16 (stride 16 or 32), got {self.stem_blocks}")
             elif self.patch_size != stride:

@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import time
 from pathlib import Path
-
-import numpy as np
 
 from edgedf.runtime.fsutil import atomic_write_bytes, atomic_write_json
 from edgedf.train.evaluate import DatasetScores, crops_for, open_scorer, score_crops, summarize
@@ -32,21 +29,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def cpu_facts() -> dict:
-    flags = ""
-    model = platform.processor()
+    """CPU name and cores as `edgedf bench` reports them, plus the SIMD flags int8 speed depends on."""
+    from edgedf.devices.bench import host_info
+
+    host = host_info()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f" {f}" in flags]}
+    return {"cpu": host["cpu"], "cores": host["cores"], "flags": [f for f in wanted if f in flags]}
 
 
 def crop_sets(data: Path, spec, cache: Path, dfdc: Path | None, ffpp: Path | None) -> dict[str, tuple[Path, str]]:
@@ -91,25 +83,19 @@ def run_videos(bundle: Path, paths: list[Path], frames: int) -> list[dict]:
     return rows
 
 
-def latency(bundle: Path, batch: int = 8, threads: int = 2, runs: int = 30) -> dict:
+def latency(bundle: Path, batch: int = 8, threads: int = 2, runs: int = 30, warmup: int = 5) -> dict:
+    """Classifier latency per face at `batch` on `threads`, timed as `edgedf bench` times it."""
+    from edgedf.devices.worker import latency as bench_latency
     from edgedf.runtime.backends import BackendOptions, open_classifier
     from edgedf.runtime.bundle import load_bundle
 
     b = load_bundle(bundle)
     clf = open_classifier(b, None, BackendOptions(threads=threads))
     s = b.spec.input_size
-    x = np.random.default_rng(0).standard_normal((batch, 3, s, s)).astype(np.float32)
-    for _ in range(5):
-        clf.p_fake(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        clf.p_fake(x)
-        times.append(time.perf_counter() - t)
-    med = float(np.median(times))
+    t = bench_latency(clf, (3, s, s), [batch], runs, warmup)[str(batch)]
     size = sum(f["bytes"] for f in b.manifest["files"].values())
-    return {"batch": batch, "threads": threads, "runs": runs, "warmup": 5, "ms_per_face": 1000 * med / batch,
-            "p90_ms_per_face": 1000 * float(np.percentile(times, 90)) / batch, "bundle_bytes": size,
+    return {"batch": batch, "threads": threads, "runs": runs, "warmup": warmup, "ms_per_face": t["ms_per_face"],
+            "p90_ms_per_face": t["p90_ms"] / batch, "bundle_bytes": size,
             "load_average": os.getloadavg()[0]}  # fmt: skip
 
 

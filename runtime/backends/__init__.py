@@ -47,11 +47,16 @@ def available(name: str) -> bool:
     return backend_module(name).available()
 
 
-def open_session(model: Path | bytes, backend: str, options: BackendOptions | None = None) -> Session:
-    mod = backend_module(backend)
+def installed_backend(name: str):
+    """The backend's module, or one line saying how to install it."""
+    mod = backend_module(name)
     if not mod.available():
-        raise EdgedfError(f"backend {backend} is not installed here ({mod.INSTALL_HINT})")
-    return mod.open(model, options or BackendOptions())
+        raise EdgedfError(f"backend {name} is not installed here ({mod.INSTALL_HINT})")
+    return mod
+
+
+def open_session(model: Path | bytes, backend: str, options: BackendOptions | None = None) -> Session:
+    return installed_backend(backend).open(model, options or BackendOptions())
 
 
 class Classifier:
@@ -60,9 +65,7 @@ class Classifier:
     def __init__(self, bundle: Bundle, backend: str | None = None, options: BackendOptions | None = None):
         self.bundle = bundle
         self.backend = backend or bundle.backend
-        mod = backend_module(self.backend)
-        if not mod.available():  # before preparing the model, whose own needs would hide this
-            raise EdgedfError(f"backend {self.backend} is not installed here ({mod.INSTALL_HINT})")
+        mod = installed_backend(self.backend)  # before preparing the model, whose own needs would hide this
         model = mod.model_for_bundle(bundle) if hasattr(mod, "model_for_bundle") else bundle.entry
         options = options or BackendOptions()
         options.precision = options.precision or bundle.manifest["precision"]
