@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.errors import EdgedfError, one_line
 
 app = typer.Typer(
     name="edgedf",
@@ -44,10 +45,6 @@ F = TypeVar("F", bound=Callable)
 
 INTERNAL_ERROR = 4  # a bug, not bad input: distinct from 1 (partly judged) and 2 (bad input)
 DEBUG = {"on": os.environ.get("EDGEDF_DEBUG", "") not in ("", "0")}
-
-
-def one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def internal_error_line(e: BaseException) -> str:
@@ -297,9 +294,22 @@ def _root(
         DEBUG["on"] = True
 
 
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
+
+
+def ray_flag_argv(argv: list[str]) -> list[str]:
+    """`edgedf run --ray [ADDRESS]`: a bare --ray (followed by a source or another option) autodetects
+    the cluster; Click options take a value, so give it an empty one."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--ray" and (i + 1 == len(out) or not _RAY_ADDRESS.match(out[i + 1])):
+            out[i] = "--ray="
+    return out
+
+
 def main() -> None:
     try:
-        app()
+        app(args=ray_flag_argv(sys.argv[1:]))
     except EdgedfError as e:  # raised outside a command body (rare): still one line
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -377,3 +377,17 @@ def open_source(source: str) -> FrameSource:
         src.close()
         raise EdgedfError(f"{source} has no video frames (zero-length video)")
     return src
+
+
+def read_source_list(path: str | Path) -> list[str]:
+    """`--from-list FILE`: one path or URL a line ('-': stdin); blank lines and # comments skipped."""
+    import sys
+
+    try:
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgedfError(f"--from-list: cannot read {path}: {e.strerror if isinstance(e, OSError) else e}") from None
+    out = [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+    if not out:
+        raise EdgedfError(f"--from-list: {path} lists no source")
+    return out

@@ -77,6 +77,15 @@ def _track_max_age(opts: RunOptions, info) -> float:
     return max(1.0, 2.5 * gap)
 
 
+def decision_rules(bundle: Bundle, opts: RunOptions) -> tuple[float, VerdictPolicy]:
+    """The threshold and verdict policy a run uses: the bundle's, unless the options override them."""
+    threshold = bundle.threshold if opts.threshold is None else float(opts.threshold)
+    policy = bundle.verdict_policy
+    if opts.min_face_px is not None:
+        policy = VerdictPolicy(float(opts.min_face_px), policy.min_track_crops)
+    return threshold, policy
+
+
 class Pipeline:
     def __init__(
         self,
@@ -93,10 +102,7 @@ class Pipeline:
         self.classifier = open_classifier(bundle, self.backend, BackendOptions(threads=threads))
         det_backend = self.backend if detector.split(":")[0] in ("retinaface", "insightface") else "ort"
         self.detector: Detector = open_detector(detector, det_backend, BackendOptions(threads=threads))
-        self.threshold = bundle.threshold if self.options.threshold is None else float(self.options.threshold)
-        self.policy = bundle.verdict_policy
-        if self.options.min_face_px is not None:
-            self.policy = VerdictPolicy(float(self.options.min_face_px), self.policy.min_track_crops)
+        self.threshold, self.policy = decision_rules(bundle, self.options)
 
     def describe(self) -> dict[str, Any]:
         m = self.bundle.manifest

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ REPORT_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent / "report_schema.json"
 
 
-def build_report(pipeline_facts: dict[str, Any], sources: list[dict[str, Any]]) -> dict[str, Any]:
+def build_report(
+    pipeline_facts: dict[str, Any], sources: list[dict[str, Any]], execution: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from edgedf import __version__
 
     verdicts: dict[str, int] = {}
@@ -40,6 +43,7 @@ def build_report(pipeline_facts: dict[str, Any], sources: list[dict[str, Any]]) 
             "verdicts": verdicts,
         },
         "sources": sources,
+        **({"execution": execution} if execution is not None else {}),
     }
 
 
@@ -101,3 +105,63 @@ def plot_timeline(path: str | Path, sources: list[dict[str, Any]], threshold: fl
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class ResultLog:
+    """`edgedf run --jsonl FILE`: one JSON line per finished source, written and flushed as it finishes, so a
+    run that is stopped or killed keeps what it finished and `--resume` continues from it.
+
+    Line 1: {"event": "run", "key": ...}; then {"event": "source", "index", "source", "attempts", "section"}.
+    A torn last line (killed mid-write) is ignored on resume.
+    """
+
+    def __init__(self, path: str | Path, key: dict[str, Any], resume: bool = False):
+        self.path = Path(path)
+        self.previous: dict[str, dict[str, Any]] = {}  # source -> section, from the run being resumed
+        text = self.path.read_text(errors="replace") if resume and self.path.exists() else ""
+        old = text.splitlines()
+        if old:
+            head = _json_line(old[0])
+            if not head or head.get("event") != "run":
+                raise EdgedfError(f"--resume: {self.path} is not an edgedf run log")
+            if head.get("key") != key:
+                raise EdgedfError(
+                    f"--resume: {self.path} holds results of another bundle, threshold or sampling; "
+                    "rerun without --resume or write another --jsonl"
+                )
+            for line in old[1:]:
+                rec = _json_line(line)
+                if rec and rec.get("event") == "source" and isinstance(rec.get("section"), dict):
+                    self.previous[rec["source"]] = rec["section"]
+        self._f = open(self.path, "a" if old else "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if not old:
+            self._write({"event": "run", "key": key})
+        elif not text.endswith("\n"):
+            self._f.write("\n")  # end a torn line, so the next record starts on its own
+
+    def done(self, source: str) -> dict[str, Any] | None:
+        """The section of `source` from the resumed run if it was judged there (errors are tried again)."""
+        s = self.previous.get(source)
+        return s if s is not None and s.get("status") in ("ok", "partial") else None
+
+    def add(self, index: int, section: dict[str, Any], attempts: int = 1) -> None:
+        self._write(
+            {"event": "source", "index": index, "source": section["source"], "attempts": attempts,
+             "section": section}
+        )  # fmt: skip
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None

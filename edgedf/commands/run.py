@@ -22,14 +22,14 @@ def register(app: typer.Typer) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgedf.cli import DEBUG, cli_errors, console, err_console, one_line
+    from edgedf.cli import DEBUG, cli_errors, console, err_console
     from edgedf.runtime.errors import EdgedfError
 
     @app.command("run")
     @cli_errors
     def run(
-        sources: list[str] = typer.Argument(
-            ..., help="Video files, images, directories of them, animated WebP/GIF, a camera index or an RTSP/HTTP URL."
+        sources: list[str] | None = typer.Argument(
+            None, help="Video files, images, directories of them, animated WebP/GIF, a camera index, an RTSP/HTTP URL."
         ),
         bundle: Path | None = typer.Option(
             None, "--bundle", "-b", help="Bundle directory (default: the built-in one)."
@@ -49,17 +49,44 @@ def register(app: typer.Typer) -> None:
             None, "--min-face", help="Faces smaller than this (px, shorter box side) are reported, not judged."
         ),
         json_out: Path | None = typer.Option(None, "--json", help="Write the JSON report here."),
+        jsonl: Path | None = typer.Option(
+            None, "--jsonl", help="Write one JSON line per source as it finishes (flushed); --resume continues it."
+        ),
+        resume: bool = typer.Option(False, "--resume", help="Skip sources already judged in --jsonl FILE."),
+        from_list: Path | None = typer.Option(
+            None, "--from-list", help="Read sources from FILE (one path or URL a line; '-': stdin)."
+        ),
+        workers: int = typer.Option(1, "--workers", "-j", help="Worker processes on this machine (or Ray actors)."),
+        ray: str | None = typer.Option(
+            None,
+            "--ray",
+            help="Run on Ray: --ray alone autodetects (RAY_ADDRESS, `ray start`, else local); "
+            "--ray auto | HOST:PORT | ray://HOST:PORT | local.",
+        ),
         annotate: Path | None = typer.Option(None, "--annotate", help="Write an annotated video (mp4) here."),
         plot: Path | None = typer.Option(None, "--plot", help="Write a PNG timeline of p(fake) per track here."),
-        threads: int = typer.Option(0, "--threads", help="Threads per backend session (0: backend default)."),
+        threads: int = typer.Option(
+            0, "--threads", help="Threads per backend session (0: backend default; with workers, cores / workers)."
+        ),
         batch: int = typer.Option(8, "--batch", help="Face crops per classifier call."),
         no_frames: bool = typer.Option(False, "--no-frames", help="Leave per-frame records out of the report."),
     ) -> None:
         """Detect, track, align and classify faces; print verdicts, optionally write report, video, plot."""
         from edgedf.runtime.bundle import load_bundle
-        from edgedf.runtime.decode import Sampling, expand_sources
-        from edgedf.runtime.pipeline import Pipeline, RunOptions, error_section
-        from edgedf.runtime.report import build_report, exit_code, plot_timeline, write_report
+        from edgedf.runtime.decode import Sampling, expand_sources, read_source_list
+        from edgedf.runtime.fsutil import check_output_file
+        from edgedf.runtime.pipeline import Pipeline, RunOptions
+        from edgedf.runtime.report import ResultLog, build_report, exit_code, plot_timeline, write_report
+        from edgedf.runtime.scale import (
+            Job,
+            PipelineSpec,
+            default_threads,
+            ray_workers,
+            run_in_process,
+            run_key,
+            run_pool,
+            run_ray,
+        )
 
         chosen = [(m, v) for m, v in (("every", every), ("fps", fps), ("frames", frames)) if v is not None]
         if len(chosen) > 1:
@@ -69,12 +96,19 @@ def register(app: typer.Typer) -> None:
             raise EdgedfError(f"--threshold must lie in [0, 1], got {threshold}")
         if batch < 1:
             raise EdgedfError("--batch must be at least 1")
+        if workers < 1 or threads < 0:
+            raise EdgedfError("--workers must be at least 1 and --threads at least 0")
         if min_face is not None and not 0.0 <= min_face < 1e5:
             raise EdgedfError(f"--min-face must be a size in pixels >= 0, got {min_face}")
-        from edgedf.runtime.fsutil import check_output_file
+        if resume and jsonl is None:
+            raise EdgedfError("--resume needs --jsonl FILE: the per-source log it continues")
+        listed = read_source_list(from_list) if from_list is not None else []
+        if not sources and not listed:
+            raise EdgedfError("no source given: name files, directories or URLs, or --from-list FILE")
 
         # outputs checked before any analysis: a bad path must not cost a finished run
         json_out = check_output_file(json_out, "--json") if json_out is not None else None
+        jsonl = check_output_file(jsonl, "--jsonl") if jsonl is not None else None
         plot = check_output_file(plot, "--plot") if plot is not None else None
         annotate = check_output_file(annotate, "--annotate") if annotate is not None else None
         bundle_path = bundle if bundle is not None else default_bundle_path()
@@ -85,34 +119,72 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         if plot is not None:
             opts.keep_frames = True  # the plot reads the per-frame records
-        pipe = Pipeline(b, backend=backend, detector=detector, threads=threads, options=opts)
-        paths = expand_sources(sources)
-        results = []
-        for i, src in enumerate(paths):
-            try:
-                ann = annotate_path(annotate, i, src, len(paths)) if annotate is not None else None
-                results.append(_run_one(pipe, src, ann, err_console))
-                for w in results[-1]["warnings"]:  # on the console too, not only in the JSON
-                    err_console.print(f"[yellow]warning:[/yellow] {escape(src)}: {escape(w)}", highlight=False)
-            except EdgedfError as e:
-                err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-                results.append(error_section(src, str(e)))
-            except Exception as e:  # a backend failure or a bug on this source: the others still run
-                if DEBUG["on"]:
-                    raise
-                line = f"analysis failed: {one_line(e)} (edgedf --debug run ... for the traceback)"
-                err_console.print(f"[red]{escape(src)}: {escape(line)}[/red]", highlight=False, soft_wrap=True)
-                results.append(error_section(src, line))
+        paths = expand_sources([*(sources or []), *listed])
+        jobs = [
+            Job(i, src, str(annotate_path(annotate, i, src, len(paths))) if annotate is not None else None)
+            for i, src in enumerate(paths)
+        ]
+        mode = "ray" if ray is not None else "workers" if workers > 1 else "local"
+        n_threads = threads or (default_threads(workers) if mode == "workers" else 0)
+        ray_address = ray or None  # a bare --ray: Ray's own autodetection
+        if mode == "ray":
+            n_threads = threads or 1  # one CPU per actor: processes, not threads, fill a node
+            workers = ray_workers(ray_address, n_threads) if workers == 1 else workers  # connects first
+        _stop_on_sigterm()  # after ray.init, which installs its own handler
+        spec = PipelineSpec(str(bundle_path), backend, detector, n_threads, opts)
+        log = ResultLog(jsonl, run_key(spec, b), resume) if jsonl is not None else None
+        sections: dict[int, dict] = {}
+        if log is not None:
+            for job in jobs:
+                if (old := log.done(job.source)) is not None:
+                    sections[job.index] = old
+        todo = [j for j in jobs if j.index not in sections]
+        facts, pipe = None, None
+        execution = {
+            "mode": mode, "workers": workers if mode != "local" else 1,
+            "resumed": len(jobs) - len(todo), "retried": [], "interrupted": False,
+        }  # fmt: skip
+        try:
+            if not todo:
+                outcomes = iter(())
+            elif mode == "ray":
+                outcomes = run_ray(spec, todo, workers, ray_address, n_threads, debug=DEBUG["on"])
+            elif mode == "workers":
+                outcomes = run_pool(spec, todo, workers, debug=DEBUG["on"])
+            else:
+                pipe = Pipeline(b, backend=backend, detector=detector, threads=threads, options=opts)
+                outcomes = run_in_process(pipe, todo, DEBUG["on"], _frame_progress(err_console, len(jobs)))
+            with _SourceProgress(err_console, len(jobs), len(jobs) - len(todo), mode) as prog:
+                for out in outcomes:
+                    sections[out.job.index] = out.section
+                    facts = facts or out.facts
+                    if out.attempts > 1:
+                        execution["retried"].append({"source": out.job.source, "attempts": out.attempts})
+                    if log is not None:
+                        log.add(out.job.index, out.section, out.attempts)
+                    prog.done(out.section)
+        except KeyboardInterrupt:
+            execution["interrupted"] = True
+            _finish_interrupted(json_out, sections, facts, jobs, execution, err_console)
+            raise typer.Exit(130) from None
+        finally:
+            if log is not None:
+                log.close()
+        results = [sections[j.index] for j in jobs]
+        if facts is None:  # every source resumed (or lost): the facts of a pipeline built here
+            pipe = pipe or Pipeline(b, backend=backend, detector=detector, threads=n_threads, options=opts)
+            facts = pipe.describe()
+        threshold_used = facts["model"]["threshold"]
         if plot is not None and any(r["status"] != "error" for r in results):
-            plot_timeline(plot, results, pipe.threshold)
+            plot_timeline(plot, results, threshold_used)
         if no_frames:
             for r in results:
                 r["frames"] = []
-        report = build_report(pipe.describe(), results)
+        report = build_report(facts, results, execution)
         if json_out is not None:
             write_report(json_out, report)
         if any(r["status"] != "error" for r in results):
-            console.print(_summary_table(results, pipe, Table))
+            console.print(_summary_table(results, b, threshold_used, facts, Table))
             notes = b.notes
             if notes and bundle is None:
                 console.print(f"[yellow]note:[/yellow] {escape(notes)}", highlight=False)
@@ -120,20 +192,95 @@ def register(app: typer.Typer) -> None:
         if code:
             raise typer.Exit(code)
 
-    def _run_one(pipe, src, ann, err_console):
+    def _stop_on_sigterm() -> None:
+        """SIGTERM (systemd, docker stop, kill) ends the run as Ctrl-C does: the finished sources are kept."""
+        import signal
+        import threading
+
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, stop)
+
+    def _finish_interrupted(json_out, sections, facts, jobs, execution, err_console):
+        """Ctrl-C or SIGTERM: the sources finished so far go into the report; the rest are left out."""
+        from edgedf.runtime.report import build_report, write_report
+
+        n = len(sections)
+        if json_out is not None and sections and facts is not None:
+            done = [sections[j.index] for j in jobs if j.index in sections]
+            write_report(json_out, build_report(facts, done, execution))
+        err_console.print(
+            f"interrupted: {n} of {len(jobs)} sources finished"
+            + (f", report written to {json_out}" if json_out is not None and n and facts is not None else "")
+            + " (--jsonl FILE --resume continues a run)",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+
+    class _SourceProgress:
+        """Each finished source: its warnings and errors on stderr; with several sources, a line per source
+        (in pipes and logs) or a bar (on a terminal)."""
+
+        def __init__(self, err_console, total: int, resumed: int, mode: str):
+            self.console, self.total, self.n = err_console, total, resumed
+            self.bar = None
+            if total > 1 and err_console.is_terminal and mode != "local":
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("run"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    console=err_console, transient=True)  # fmt: skip
+                self.task = self.bar.add_task("run", total=total, completed=resumed)
+
+        def __enter__(self):
+            if self.bar is not None:
+                self.bar.start()
+            return self
+
+        def __exit__(self, *exc):
+            if self.bar is not None:
+                self.bar.stop()
+
+        def done(self, r: dict) -> None:
+            self.n += 1
+            con = self.bar.console if self.bar is not None else self.console
+            src = r["source"]
+            if r["status"] == "error":
+                con.print(f"[red]error:[/red] {escape(src)}: {escape(r['error'])}", highlight=False, soft_wrap=True)
+            for w in r["warnings"]:  # on the console too, not only in the JSON
+                con.print(f"[yellow]warning:[/yellow] {escape(src)}: {escape(w)}", highlight=False, soft_wrap=True)
+            if self.total > 1 and r["status"] != "error":
+                v = r["video"]
+                score = "-" if v.get("score") is None else f"{v['score']:.3f}"
+                con.print(f"[{self.n}/{self.total}] {escape(src)}: {v['verdict']} (p(fake) {score})",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+            if self.bar is not None:
+                self.bar.update(self.task, completed=self.n)
+
+    def _frame_progress(err_console, n_sources: int):
+        """In this process, on a terminal: a bar over the frames of the source being analysed."""
+        if not err_console.is_terminal:
+            return None
+        from contextlib import ExitStack
+
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        if not err_console.is_terminal:
-            return pipe.run_source(src, annotate=ann)
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=err_console, transient=True
-        ) as prog:
-            task = prog.add_task(escape(Path(src).name if "://" not in src else src), total=None)
+        stack = ExitStack()
+
+        def for_job(job):
+            stack.close()
+            prog = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                                                console=err_console, transient=True))  # fmt: skip
+            task = prog.add_task(escape(Path(job.source).name if "://" not in job.source else job.source), total=None)
 
             def update(done: int, total: int | None) -> None:
                 prog.update(task, completed=done, total=total)
+                if total is not None and done >= total:
+                    stack.close()
 
-            return pipe.run_source(src, annotate=ann, progress=update)
+            return update
+
+        return for_job
 
 
 def default_bundle_path() -> Path:
@@ -146,12 +293,12 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def _summary_table(results, pipe, Table):
+def _summary_table(results, bundle, threshold, facts, Table):
     from rich.markup import escape
 
     table = Table(
-        title=f"edgedf run · {pipe.bundle.describe()} · threshold {pipe.threshold:.2f} · "
-        f"faces from {pipe.policy.min_face_px:g} px"
+        title=f"edgedf run · {bundle.describe()} · threshold {threshold:.2f} · "
+        f"faces from {facts['model']['verdict_policy']['min_face_px']:g} px"
     )
     for col in ("Source", "Frames", "With face", "Tracks judged", "p(fake) top track", "Verdict", "Speed"):
         table.add_column(col, justify="left" if col in ("Source", "Verdict") else "right")

@@ -1,0 +1,308 @@
+"""Many sources at once: in this process, in a local process pool (`--workers N`) or on Ray (`--ray`).
+
+The unit of work is one source, `analyse_source`, the same function in every mode, so a source's report
+section does not depend on where it ran. A worker builds its pipeline (bundle, detector, sessions) once and
+is given one source at a time: a source is only handed out when a worker is free, so a lost worker costs
+the source it held and nothing else, and that source is retried (`retries`, default once). No scheduler of
+our own: concurrent.futures on one machine, Ray actors across machines (Ray restarts a dead actor).
+
+Outcomes come back as sources finish (not in input order); callers order them by `Job.index`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bundle import load_bundle
+from .errors import EdgedfError, one_line
+from .pipeline import Pipeline, RunOptions, error_section
+
+LOST = "a worker process died while analysing this source"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a worker needs to build its pipeline: small and picklable, shipped to every worker."""
+
+    bundle: str
+    backend: str | None = None
+    detector: str = "retinaface"
+    threads: int = 0
+    options: RunOptions = field(default_factory=RunOptions)
+
+    def build(self) -> Pipeline:
+        return Pipeline(load_bundle(self.bundle), self.backend, self.detector, self.threads, self.options)
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int  # position in the input list: the report keeps input order whatever finishes first
+    source: str
+    annotate: str | None = None
+
+
+@dataclass
+class Outcome:
+    job: Job
+    section: dict[str, Any]  # the source's report section (status ok, partial or error)
+    facts: dict[str, Any] | None  # Pipeline.describe() of the worker that ran it (None: the worker was lost)
+    attempts: int = 1
+
+
+def analyse_source(
+    pipe: Pipeline,
+    source: str,
+    annotate: str | Path | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """One source's report section; bad input or a failure on this source becomes an error section
+    (one line), never an exception, so the other sources still run."""
+    try:
+        return pipe.run_source(source, annotate=Path(annotate) if annotate else None, progress=progress)
+    except EdgedfError as e:
+        return error_section(source, str(e))
+    except Exception as e:
+        if debug:
+            raise
+        return error_section(source, f"analysis failed: {one_line(e)} (edgedf --debug run ... for the traceback)")
+
+
+class WorkerStartError(EdgedfError):
+    """A worker could not build its pipeline (backend missing on that machine, bundle unreadable there)."""
+
+
+def default_threads(workers: int) -> int:
+    """Backend threads per worker when the user gave none: the cores shared out, at least one each."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+# --- in this process ----------------------------------------------------------------------------------
+
+
+def run_in_process(
+    pipe: Pipeline,
+    jobs: Iterable[Job],
+    debug: bool = False,
+    frame_progress: Callable[[Job], Callable[[int, int | None], None] | None] | None = None,
+) -> Iterator[Outcome]:
+    facts = pipe.describe()
+    for job in jobs:
+        prog = frame_progress(job) if frame_progress else None
+        yield Outcome(job, analyse_source(pipe, job.source, job.annotate, prog, debug), facts)
+
+
+# --- a local process pool -----------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}  # per worker process: the spec it was built from and its pipeline
+
+
+def _worker_pipeline(spec: PipelineSpec) -> Pipeline:
+    if _WORKER.get("spec") != spec:
+        try:
+            _WORKER["pipe"] = spec.build()
+        except Exception as e:
+            raise WorkerStartError(
+                f"a worker could not start: {e if isinstance(e, EdgedfError) else one_line(e)}"
+            ) from None
+        _WORKER["spec"] = spec
+    return _WORKER["pipe"]
+
+
+def _pool_task(spec: PipelineSpec, job: Job, debug: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    pipe = _worker_pipeline(spec)
+    return analyse_source(pipe, job.source, job.annotate, debug=debug), pipe.describe()
+
+
+def run_pool(spec: PipelineSpec, jobs: Iterable[Job], workers: int, retries: int = 1, debug: bool = False):
+    """Sources on `workers` local processes (spawned: a fork would copy the parent's thread pools).
+
+    When a worker dies, concurrent.futures fails every source in flight. Each of them is charged an attempt
+    and run again *alone*; whichever dies alone is the culprit and, past `retries`, reported as an error.
+    The pool is rebuilt and the rest carries on.
+    """
+    queue: deque[Job] = deque(jobs)
+    suspects: deque[Job] = deque()
+    attempts: dict[int, int] = {}
+    ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    running: dict[Future, Job] = {}
+    suspect_running = False
+    try:
+        while queue or suspects or running:
+            while len(running) < workers and not suspect_running:
+                if suspects:
+                    if running:
+                        break  # a suspect runs alone: wait for the others to finish first
+                    job, suspect_running = suspects.popleft(), True
+                elif queue:
+                    job = queue.popleft()
+                else:
+                    break
+                attempts[job.index] = attempts.get(job.index, 0) + 1
+                running[pool.submit(_pool_task, spec, job, debug)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                wait(running)  # the others in flight fail with it (or finished just before)
+                done = set(running)
+            lost: list[Job] = []
+            for f in done:
+                job = running.pop(f)
+                err = f.exception()
+                if isinstance(err, BrokenProcessPool):
+                    lost.append(job)
+                    continue
+                if err is not None:
+                    raise err  # WorkerStartError, or --debug's traceback
+                section, facts = f.result()
+                yield Outcome(job, section, facts, attempts[job.index])
+            if not running:
+                suspect_running = False
+            if lost:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = ProcessPoolExecutor(workers, mp_context=ctx)
+                suspect_running = False
+                for job in sorted(lost, key=lambda j: j.index):
+                    if attempts[job.index] > retries:
+                        yield Outcome(job, error_section(job.source, f"{LOST} ({attempts[job.index]} attempts)"),
+                                      None, attempts[job.index])  # fmt: skip
+                    else:
+                        suspects.append(job)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- Ray ----------------------------------------------------------------------------------------------
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise EdgedfError("--ray needs Ray: pip install 'edgedf[ray]'") from None
+    return ray
+
+
+class _RunWorkerImpl:
+    """One Ray actor: a pipeline built once, one source per call."""
+
+    def __init__(self, spec: PipelineSpec, debug: bool, cwd: str):
+        self.debug = debug
+        if os.path.isdir(cwd):  # relative paths mean what they mean to the driver (same cwd on shared storage)
+            os.chdir(cwd)
+        try:
+            self.pipe, self.error = spec.build(), None
+        except Exception as e:  # reported by ready(), so the driver can stop with one line
+            self.pipe, self.error = None, str(e) if isinstance(e, EdgedfError) else one_line(e)
+
+    def ready(self) -> str | None:
+        return self.error
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
+        return analyse_source(self.pipe, job.source, job.annotate, debug=self.debug), self.pipe.describe()
+
+
+def ray_init(address: str | None) -> Any:
+    """Connect to Ray: None autodetects as ray.init() does (RAY_ADDRESS, then the latest `ray start` on this
+    machine, else a new local instance); "local" always starts a new one; "auto" or HOST:PORT or
+    ray://HOST:PORT join a cluster."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        import logging
+
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise EdgedfError(
+                f"cannot reach a Ray cluster at {address or 'the default address'}: {one_line(e)}"
+            ) from None
+    return ray
+
+
+def ray_workers(address: str | None, cpus_per_worker: int = 1) -> int:
+    """How many actors fill the cluster (connecting to it first): its CPUs / `cpus_per_worker`."""
+    ray = ray_init(address)
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_worker)
+
+
+def run_ray(
+    spec: PipelineSpec,
+    jobs: Iterable[Job],
+    workers: int,
+    address: str | None = None,
+    cpus_per_worker: int = 1,
+    retries: int = 1,
+    debug: bool = False,
+) -> Iterator[Outcome]:
+    """Sources on `workers` Ray actors of `cpus_per_worker` CPUs each (`ray_workers` fills the cluster).
+
+    Paths must be readable on every node (shared storage, relative paths resolved against the driver's
+    working directory where it exists on the node) and edgedf installed there. A dead actor is
+    restarted by Ray (on another node if its node is gone); the source it held is run again, up to
+    `retries` times.
+    """
+    ray = ray_init(address)
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+
+    lost_errors = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
+    worker_cls = ray.remote(max_restarts=-1, max_task_retries=0)(_RunWorkerImpl)
+    actors = [worker_cls.options(num_cpus=cpus_per_worker).remote(spec, debug, os.getcwd()) for _ in range(workers)]
+    try:
+        for err in ray.get([a.ready.remote() for a in actors]):
+            if err:
+                raise WorkerStartError(f"a Ray worker could not start: {err}")
+        queue: deque[Job] = deque(jobs)
+        attempts: dict[int, int] = {}
+        free = list(actors)
+        running: dict[Any, tuple[Any, Job]] = {}
+        while queue or running:
+            while free and queue:
+                actor, job = free.pop(), queue.popleft()
+                attempts[job.index] = attempts.get(job.index, 0) + 1
+                running[actor.run.remote(job)] = (actor, job)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor, job = running.pop(ref)
+            free.append(actor)  # a dead actor is restarted by Ray; its next call waits for that
+            try:
+                section, facts = ray.get(ref)
+            except lost_errors:
+                if attempts[job.index] > retries:
+                    yield Outcome(job, error_section(job.source, f"{LOST} ({attempts[job.index]} attempts)"),
+                                  None, attempts[job.index])  # fmt: skip
+                else:
+                    queue.appendleft(job)
+                continue
+            yield Outcome(job, section, facts, attempts[job.index])
+    finally:
+        for a in actors:
+            ray.kill(a, no_restart=True)
+
+
+def run_key(spec: PipelineSpec, bundle) -> dict[str, Any]:
+    """What makes two runs' per-source results interchangeable (`--resume` checks it): the model file,
+    the decision rules, the sampling and the detector."""
+    from .pipeline import decision_rules
+
+    threshold, policy = decision_rules(bundle, spec.options)
+    o = spec.options
+    return {
+        "entry_sha256": bundle.manifest["files"][bundle.manifest["entry"]]["sha256"],
+        "threshold": threshold,
+        "verdict_policy": policy.to_dict(),
+        "sampling": o.sampling.to_dict(),
+        "detect_every": o.detect_every,
+        "tracking": o.track,
+        "max_faces": o.max_faces,
+        "detector": spec.detector,
+    }
