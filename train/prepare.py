@@ -404,6 +404,41 @@ class PrepareReport:
     by_group: dict[str, int] = field(default_factory=dict)
 
 
+def _ray_item(init_args: tuple, cwd: str, item: Item) -> ItemResult:
+    """One source on a Ray worker: the detector is opened once per worker process."""
+    if _WORKER.get("args") != init_args:
+        if os.path.isdir(cwd):  # relative paths as the driver meant them (shared storage)
+            os.chdir(cwd)
+        _init_worker(*init_args)
+        _WORKER["args"] = init_args
+    return _run_item(item)
+
+
+def _prepare_on_ray(todo: list[Item], init_args: tuple, address: str | None, on_done: Callable[[], None]) -> None:
+    """The per-source units as Ray tasks (a crashed worker's source is retried once by Ray); crops and parts
+    are written by the workers into `out`, which must be shared storage on a multi-node cluster."""
+    from edgedf.runtime.scale import ray_init
+
+    ray = ray_init(address)
+    from ray.exceptions import RayError
+
+    task = ray.remote(num_cpus=1, max_retries=1)(_ray_item)
+    cap = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # in flight: the cluster busy, memory bounded
+    queue, running = list(reversed(todo)), {}
+    while queue or running:
+        while queue and len(running) < cap:
+            it = queue.pop()
+            running[task.remote(init_args, os.getcwd(), it)] = it
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        it = running.pop(ref)
+        try:
+            ray.get(ref)
+        except RayError as e:  # lost twice (worker or node died): the source is reported, the run goes on
+            res = ItemResult(key=it.key, video=it.video, error=f"worker lost twice: {type(e).__name__}")
+            atomic_write_json(Path(init_args[1]) / "parts" / f"{it.key}.json", asdict(res))
+        on_done()
+
+
 def prepare(
     items: list[Item],
     out: str | os.PathLike,
@@ -411,8 +446,14 @@ def prepare(
     opts: PrepareOptions | None = None,
     workers: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
+    ray_address: str | None = None,
+    use_ray: bool = False,
 ) -> PrepareReport:
-    """Prepare `items` into `out` (resumable); returns the report also written to out/report.json."""
+    """Prepare `items` into `out` (resumable); returns the report also written to out/report.json.
+
+    `workers` local processes, or with `use_ray` Ray tasks on the cluster at `ray_address` (None: Ray's
+    autodetection). Either way the index is assembled once, here, from the per-source parts.
+    """
     opts = opts or PrepareOptions()
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
@@ -433,16 +474,25 @@ def prepare(
     report = PrepareReport(sources=len(items), resumed=len(items) - len(todo))
     if on_progress:
         on_progress(report.resumed, len(items))
-    init_args = (spec.to_json(), str(out), asdict(opts))
+    init_args = (spec.to_json(), str(out.resolve()), asdict(opts))
     if todo:
-        if workers <= 1:
+        if use_ray:
+            n = [report.resumed]
+
+            def one_done() -> None:
+                n[0] += 1
+                if on_progress:
+                    on_progress(n[0], len(items))
+
+            _prepare_on_ray(todo, init_args, ray_address, one_done)
+        elif workers <= 1:
             _init_worker(*init_args)
             for n, it in enumerate(todo, 1):
                 _run_item(it)
                 if on_progress:
                     on_progress(report.resumed + n, len(items))
         else:
-            ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+            ctx = mp.get_context("spawn")  # a fork would copy OpenCV's and ORT's thread pools (deadlocks)
             with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
                 for n, _ in enumerate(pool.imap_unordered(_run_item, todo, chunksize=4), 1):
                     if on_progress:

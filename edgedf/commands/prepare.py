@@ -1,4 +1,4 @@
-"""`edgedf prepare ROOT --format ffpp|celebdf|dfdc|folder --out CROPS`."""
+"""`edgedf prepare ROOT --format ffpp|celebdf|dfdc|folder|labels --out CROPS [--workers N | --ray [ADDRESS]]`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def register(app: typer.Typer) -> None:
         label: str | None = typer.Option(None, "--label", help="folder: every file is real (or fake)."),
         val_fraction: float = typer.Option(0.0, "--val-fraction", help="folder: share of ids in split val."),
         workers: int = typer.Option(2, "--workers", "-j", help="Parallel processes."),
+        ray: str | None = typer.Option(
+            None,
+            "--ray",
+            help="Run on Ray (--out on shared storage): --ray alone autodetects; --ray auto | HOST:PORT | local.",
+        ),
     ) -> None:
         """Sample frames, detect and align faces (the runtime's code), write crops and an index."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -66,6 +71,8 @@ def register(app: typer.Typer) -> None:
                 spec,
                 PrepareOptions(frames=frames, detector=detector, pad=pad),
                 workers=workers,
+                ray_address=ray or None,
+                use_ray=ray is not None,
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         console.print(
