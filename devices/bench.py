@@ -71,13 +71,20 @@ class BenchOptions:
     timeout_s: float = 1800.0  # per bundle
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")  # int8 speed
+
+
 def host_info() -> dict[str, Any]:
+    """The machine a figure was measured on: CPU, cores, the SIMD flags int8 speed depends on (VNNI or not
+    changes it a lot), backend versions, load."""
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
+            if line.startswith(("model name", "Model")) and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = line.split(":", 1)[1].split()
     except OSError:
         pass
     versions = {}
@@ -92,6 +99,7 @@ def host_info() -> dict[str, Any]:
         "hostname": platform.node(),
         "machine": platform.machine(),
         "cpu": cpu,
+        "cpu_flags": [f for f in SIMD_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "edgedf": getattr(edgedf, "__version__", None),

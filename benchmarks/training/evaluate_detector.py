@@ -33,12 +33,7 @@ def cpu_facts() -> dict:
     from edgedf.devices.bench import host_info
 
     host = host_info()
-    try:
-        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
-    except (OSError, StopIteration):
-        flags = []
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return {"cpu": host["cpu"], "cores": host["cores"], "flags": [f for f in wanted if f in flags]}
+    return {"cpu": host["cpu"], "cores": host["cores"], "flags": host["cpu_flags"]}
 
 
 def crop_sets(data: Path, spec, cache: Path, dfdc: Path | None, ffpp: Path | None) -> dict[str, tuple[Path, str]]:
