@@ -5,6 +5,7 @@ what finished."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -151,6 +152,14 @@ def test_interrupted_run_writes_what_finished(tiny_bundle, tmp_path, sig):
     assert 2 <= n < 400 and report["execution"]["interrupted"] is True
     assert f"interrupted: {n} of 400 sources finished" in err
     assert len(log.read_text().splitlines()) == n + 1  # every finished source is in the log too
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is not None, reason="Ray is installed here (the device install has none)"
+)
+def test_ray_without_ray_installed_says_how_to_get_it(tiny_bundle, face_video):
+    r = run(face_video, "--bundle", tiny_bundle, "--ray", "local")
+    assert r.exit_code == 2 and "pip install 'edgedf[ray]'" in r.output and "Traceback" not in r.output
 
 
 def test_bare_ray_flag_autodetects():
