@@ -62,73 +62,121 @@ def judgeable_face(box: list[float], policy: VerdictPolicy) -> bool:
     return face_size(box) >= policy.min_face_px
 
 
+MAX_SIZES = 64  # face sizes kept per track for its median face_px (beyond: thinned, so memory stays flat)
+
+
+class Aggregator:
+    """The same aggregation, one analysed frame at a time, in memory that does not grow with the length of
+    the source (a camera running for days): running sums per track and for the video, no frame list.
+
+    `add(frame)` returns the tracks whose verdict changed with that frame (became judgeable, or flipped),
+    for live verdict events; `result()` gives (tracks, video) as `aggregate` does.
+    """
+
+    def __init__(self, threshold: float, policy: VerdictPolicy | None = None):
+        self.threshold, self.policy = threshold, policy or VerdictPolicy()
+        self.tracks: dict[int, dict[str, Any]] = {}
+        self.n_frames = self.without = self.small = self.n_crops = self.n_frame_max = 0
+        self.sum_frame_max = self.sum_crops = 0.0
+
+    def add(self, fr: dict[str, Any]) -> list[dict[str, Any]]:
+        self.n_frames += 1
+        if not fr["faces"]:
+            self.without += 1
+            return []
+        ps = [f["p_fake"] for f in fr["faces"] if f.get("p_fake") is not None]
+        if ps:
+            self.n_frame_max += 1
+            self.sum_frame_max += max(ps)
+            self.n_crops += len(ps)
+            self.sum_crops += sum(ps)
+        touched = {}
+        for f in fr["faces"]:
+            tr = self.tracks.get(f["track"])
+            if tr is None:
+                tr = self.tracks[f["track"]] = {"id": f["track"], "first_t": fr["t"], "first_frame": fr["index"],
+                                                "n": 0, "n_ps": 0, "sum_ps": 0.0, "max_ps": None, "sizes": [],
+                                                "verdict": "unknown"}  # fmt: skip
+            tr["n"] += 1
+            tr["sizes"].append(face_size(f["box"]))
+            if len(tr["sizes"]) > MAX_SIZES:
+                tr["sizes"] = sorted(tr["sizes"])[::2]  # every other of the sorted sizes: the median holds
+            if f.get("p_fake") is None:
+                self.small += 1
+            else:
+                p = f["p_fake"]
+                tr["n_ps"] += 1
+                tr["sum_ps"] += p
+                tr["max_ps"] = p if tr["max_ps"] is None else max(tr["max_ps"], p)
+            tr["last_t"], tr["last_frame"] = fr["t"], fr["index"]
+            touched[tr["id"]] = tr
+        changed = []
+        need = self.policy.crops_needed(self.n_frames)
+        for tr in touched.values():
+            v = self._track_verdict(tr, need)
+            if v != tr["verdict"]:
+                tr["verdict"] = v
+                changed.append(self._track(tr, need))
+        return changed
+
+    def _track_verdict(self, tr: dict[str, Any], need: int) -> str:
+        if tr["n_ps"] < need:
+            return "unknown"
+        return "fake" if tr["sum_ps"] / tr["n_ps"] >= self.threshold else "real"
+
+    def _track(self, tr: dict[str, Any], need: int) -> dict[str, Any]:
+        sizes = sorted(tr["sizes"])
+        n_ps = tr["n_ps"]
+        mean = tr["sum_ps"] / n_ps if n_ps else None
+        judgeable = n_ps >= need
+        return {
+            "id": tr["id"],
+            "first_t": tr["first_t"],
+            "first_frame": tr["first_frame"],
+            "last_t": tr["last_t"],
+            "last_frame": tr["last_frame"],
+            "n_crops": tr["n"],
+            "n_judged": n_ps,
+            "face_px": round(sizes[len(sizes) // 2], 1),
+            "p_fake_mean": mean,
+            "p_fake_max": tr["max_ps"],
+            "judgeable": judgeable,
+            "verdict": ("fake" if mean >= self.threshold else "real") if judgeable else "unknown",
+        }
+
+    def result(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        need = self.policy.crops_needed(self.n_frames)
+        track_list = [self._track(tr, need) for tr in sorted(self.tracks.values(), key=lambda d: d["id"])]
+        judged = [t for t in track_list if t["judgeable"]]
+        if judged:
+            score = max(t["p_fake_mean"] for t in judged)
+            verdict = "fake" if score >= self.threshold else "real"
+        else:
+            score, verdict = None, "unknown"
+        video = {
+            "verdict": verdict,
+            "score": score,
+            "score_name": "track_max",
+            "threshold": self.threshold,
+            "frame_max_mean": self.sum_frame_max / self.n_frame_max if self.n_frame_max else None,
+            "crop_mean": self.sum_crops / self.n_crops if self.n_crops else None,
+            "n_frames_analysed": self.n_frames,
+            "n_frames_with_face": self.n_frames - self.without,
+            "n_frames_without_face": self.without,
+            "n_crops": self.n_crops,
+            "n_faces_too_small": self.small,
+            "n_tracks": len(track_list),
+            "n_tracks_judged": len(judged),
+            "policy": {**self.policy.to_dict(), "crops_needed": need},
+        }
+        return track_list, video
+
+
 def aggregate(
     frames: list[dict[str, Any]], threshold: float, policy: VerdictPolicy | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """frames: [{index, t, faces: [{track, box, p_fake (None: not judged), ...}]}] -> (tracks, video)."""
-    policy = policy or VerdictPolicy()
-    tracks: dict[int, dict[str, Any]] = {}
-    frame_max: list[float] = []
-    crops: list[float] = []
-    without = small = 0
+    agg = Aggregator(threshold, policy)
     for fr in frames:
-        if not fr["faces"]:
-            without += 1
-            continue
-        ps = [f["p_fake"] for f in fr["faces"] if f.get("p_fake") is not None]
-        if ps:
-            frame_max.append(max(ps))
-            crops.extend(ps)
-        for f in fr["faces"]:
-            tr = tracks.setdefault(
-                f["track"],
-                {"id": f["track"], "first_t": fr["t"], "first_frame": fr["index"], "ps": [], "sizes": [], "n": 0},
-            )
-            tr["n"] += 1
-            tr["sizes"].append(face_size(f["box"]))
-            if f.get("p_fake") is None:
-                small += 1
-            else:
-                tr["ps"].append(f["p_fake"])
-            tr["last_t"], tr["last_frame"] = fr["t"], fr["index"]
-    need = policy.crops_needed(len(frames))
-    track_list = []
-    for tr in sorted(tracks.values(), key=lambda d: d["id"]):
-        ps, sizes, n = tr.pop("ps"), sorted(tr.pop("sizes")), tr.pop("n")
-        judgeable = len(ps) >= need
-        mean = sum(ps) / len(ps) if ps else None
-        track_list.append(
-            {
-                **tr,
-                "n_crops": n,
-                "n_judged": len(ps),
-                "face_px": round(sizes[len(sizes) // 2], 1),
-                "p_fake_mean": mean,
-                "p_fake_max": max(ps) if ps else None,
-                "judgeable": judgeable,
-                "verdict": ("fake" if mean >= threshold else "real") if judgeable else "unknown",
-            }
-        )
-    judged = [t for t in track_list if t["judgeable"]]
-    if judged:
-        score = max(t["p_fake_mean"] for t in judged)
-        verdict = "fake" if score >= threshold else "real"
-    else:
-        score, verdict = None, "unknown"
-    video = {
-        "verdict": verdict,
-        "score": score,
-        "score_name": "track_max",
-        "threshold": threshold,
-        "frame_max_mean": sum(frame_max) / len(frame_max) if frame_max else None,
-        "crop_mean": sum(crops) / len(crops) if crops else None,
-        "n_frames_analysed": len(frames),
-        "n_frames_with_face": len(frames) - without,
-        "n_frames_without_face": without,
-        "n_crops": len(crops),
-        "n_faces_too_small": small,
-        "n_tracks": len(track_list),
-        "n_tracks_judged": len(judged),
-        "policy": {**policy.to_dict(), "crops_needed": need},
-    }
-    return track_list, video
+        agg.add(fr)
+    return agg.result()

@@ -201,18 +201,41 @@ def _wanted_indices(sampling: Sampling, n: int | None, fps: float | None) -> set
     return None
 
 
-class VideoSource(FrameSource):
-    """Video files, cameras and network streams through OpenCV (FFmpeg)."""
+@dataclass
+class StreamPolicy:
+    """Network streams and cameras: how long a read may stall, and how a lost live stream is reopened."""
 
-    def __init__(self, source: str, kind: str, open_timeout_s: float = 10.0):
-        self.source, self.warnings = source, []
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000)]
-        if kind == "stream":
-            params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(open_timeout_s * 1000)]
-        if kind == "camera":
-            cap = cv2.VideoCapture(int(source))
-        else:
-            cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+    timeout_s: float = 10.0  # opening, and each read: a stalled stream is noticed after this long
+    reconnect: int = 5  # attempts per outage of a live stream (0: none), waiting 1, 2, 4, ... s (at most 30)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= 3600):
+            raise EdgedfError(f"--stream-timeout must lie in (0, 3600] s, got {self.timeout_s}")
+        if self.reconnect < 0:
+            raise EdgedfError(f"--reconnect must be >= 0, got {self.reconnect}")
+
+
+def _capture(source: str, kind: str, timeout_s: float):
+    if kind == "camera":
+        return cv2.VideoCapture(int(source))
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout_s * 1000)]
+    if kind == "stream":
+        params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(timeout_s * 1000)]
+    return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+
+
+class VideoSource(FrameSource):
+    """Video files, cameras and network streams through OpenCV (FFmpeg).
+
+    A network stream that declares a length (a file served over HTTP) is read like a file: ending early
+    makes it partial. A live one (no length: RTSP, live HTTP, a camera) that stops delivering frames is
+    reopened with back-off; once the attempts are spent it ends, partial, with a warning saying when.
+    """
+
+    def __init__(self, source: str, kind: str, policy: StreamPolicy | None = None):
+        self.source, self.warnings, self.kind = source, [], kind
+        self.policy = policy or StreamPolicy()
+        cap = _capture(source, kind, self.policy.timeout_s)
         if not cap.isOpened():
             cap.release()
             if kind == "camera":
@@ -237,9 +260,10 @@ class VideoSource(FrameSource):
             raise EdgedfError(f"{source}: video is {w}x{h}, over the {MAX_VIDEO_PIXELS / 1e6:.0f} MP limit")
         fps = cap.get(cv2.CAP_PROP_FPS)
         fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else None
-        if n is not None and n < 0:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if kind in ("video", "stream") else None
+        if n is not None and n <= 0:
             n = None
+        self.live = kind == "camera" or (kind == "stream" and n is None)
         rotation = int(cap.get(cv2.CAP_PROP_ORIENTATION_META) or 0) % 360
         if rotation in (90, 270):
             w, h = h, w  # OpenCV hands out frames already rotated
@@ -254,7 +278,7 @@ class VideoSource(FrameSource):
         last_wanted = max(wanted) if wanted else None
         sorted_wanted = sorted(wanted) if wanted else []
         wi = 0
-        live = info.kind in ("camera", "stream")
+        live = self.live
         every = int(sampling.value) if sampling.mode == "every" else 0
         limit = int(sampling.value) if (sampling.mode == "frames" and wanted is None) else None
         next_fps_t = 0.0
@@ -272,6 +296,9 @@ class VideoSource(FrameSource):
                     cap.set(cv2.CAP_PROP_POS_FRAMES, target)
                     i = target - 1
             if not cap.grab():
+                if live and self._reopen(time.monotonic() - t0):
+                    cap = self.cap
+                    continue
                 break
             i += 1
             if info.fps:
@@ -299,12 +326,39 @@ class VideoSource(FrameSource):
             taken += 1
             yield Frame(i, float(t), as_bgr8(img))
         self.frames_read = i + 1
-        if info.kind == "video" and n and i + 1 < (last_wanted + 1 if last_wanted is not None else n) - 1:
-            self.warnings.append(f"decoding stopped at frame {i + 1} of {n} declared: truncated or corrupt file?")
+        if not live and n and i + 1 < (last_wanted + 1 if last_wanted is not None else n) - 1:
+            what = "truncated or corrupt file?" if info.kind == "video" else f"stalled for {self.policy.timeout_s:g} s?"
+            self.warnings.append(f"decoding stopped at frame {i + 1} of {n} declared: {what}")
             self.incomplete = True
+
+    def _reopen(self, t: float) -> bool:
+        """A live source stopped delivering (stalled past the read timeout, or dropped): reopen it with
+        back-off. False when every attempt failed; the source is then partial, with a warning."""
+        self.cap.release()
+        waited = 0.0
+        for k in range(self.policy.reconnect):
+            delay = min(30.0, 2.0**k)
+            time.sleep(delay)
+            waited += delay
+            cap = _capture(self.source, self.kind, self.policy.timeout_s)
+            if cap.isOpened():
+                self.cap = cap
+                self.warnings.append(f"stream lost at t = {t:.1f} s; reconnected (attempt {k + 1})")
+                return True
+            cap.release()
+        self.cap = _closed_capture()
+        tried = f"{self.policy.reconnect} reconnect attempts over {waited:g} s failed" if self.policy.reconnect else (
+            "no reconnect (--reconnect 0)")  # fmt: skip
+        self.warnings.append(f"stream stalled or ended at t = {t:.1f} s; {tried}")
+        self.incomplete = True
+        return False
 
     def close(self) -> None:
         self.cap.release()
+
+
+def _closed_capture():
+    return cv2.VideoCapture()  # not opened: grab() is False, release() is safe
 
 
 def classify_source(source: str) -> str:
@@ -340,19 +394,32 @@ def expand_sources(sources: list[str]) -> list[str]:
     return out
 
 
-def open_source(source: str) -> FrameSource:
-    kind = classify_source(source)
-    if kind in ("camera", "stream"):
-        return VideoSource(source, kind)
+def check_source(source: str) -> str | None:
+    """Why a file source cannot be read, found without opening it (None: worth a try; cameras and streams
+    are only known by opening them). Run before any model is loaded, so a typo costs nothing."""
+    if classify_source(source) in ("camera", "stream"):
+        return None
     path = Path(source)
     if not path.exists():
-        raise EdgedfError(f"file not found: {source}")
+        return f"file not found: {source}"
     if path.is_dir():
-        raise EdgedfError(f"directory {source} holds no images or videos")
+        return f"directory {source} holds no images or videos"
     if not path.is_file():
-        raise EdgedfError(f"not a regular file (a FIFO, socket or device): {source}")
+        return f"not a regular file (a FIFO, socket or device): {source}"
+    if not os.access(path, os.R_OK):
+        return f"permission denied: {source}"
     if os.path.getsize(path) == 0:
-        raise EdgedfError(f"{source} is empty (0 bytes)")
+        return f"{source} is empty (0 bytes)"
+    return None
+
+
+def open_source(source: str, stream: StreamPolicy | None = None) -> FrameSource:
+    kind = classify_source(source)
+    if kind in ("camera", "stream"):
+        return VideoSource(source, kind, stream)
+    if (problem := check_source(source)) is not None:
+        raise EdgedfError(problem)
+    path = Path(source)
     ext = path.suffix.lower()
     if ext in ANIMATED_EXTS:
         try:

@@ -8,6 +8,7 @@ section of the report (see docs/report-schema.md); bad input raises EdgedfError.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +17,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .aggregate import VerdictPolicy, aggregate, judgeable_face
+from .aggregate import Aggregator, VerdictPolicy, judgeable_face
 from .align import align_faces
 from .backends import BackendOptions, open_classifier
 from .bundle import Bundle
-from .decode import Sampling, open_source
+from .decode import Sampling, StreamPolicy, open_source
 from .detect import Detector, Faces, open_detector
 from .errors import EdgedfError
 from .track import Tracker
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "default_bundle"  # shipped in the package
+LIVE_FRAMES_KEPT = 1000  # a camera or stream's report keeps its latest analysed frames, not days of them
 STAGES = ("decode", "detect", "track", "align", "classify", "aggregate", "annotate")
 
 
@@ -39,6 +41,7 @@ class RunOptions:
     max_faces: int = 16  # per frame, largest first
     keep_frames: bool = True  # per-frame records in the report
     min_face_px: float | None = None  # None: the bundle's verdict policy (aggregate.py)
+    stream: StreamPolicy = field(default_factory=StreamPolicy)  # read timeout and reconnects of live sources
 
 
 class StageTimer:
@@ -153,18 +156,40 @@ class Pipeline:
         source: str,
         annotate: Path | None = None,
         progress: Callable[[int, int | None], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
+        """One source's report section. `on_event` gets a verdict event whenever a track's verdict is
+        first given or flips (live streams: written as they happen); `stop()` true ends the source early,
+        judged on what was analysed (status partial)."""
         opts = self.options
         timer = StageTimer()
         t_start = time.perf_counter()
-        src = open_source(source)
+        src = open_source(source, opts.stream)
         timer.add("decode", t_start)
         info = src.info
         k_detect = _detect_every(opts, info.fps)
         tracker = Tracker(max_age_s=_track_max_age(opts, info))
         spec = self.bundle.spec
-        frames: list[dict[str, Any]] = []
+        live = info.kind in ("camera", "stream")
+        # per-frame records for the report (keep_frames); a live source keeps only the latest ones
+        frames: list[dict[str, Any]] | deque = deque(maxlen=LIVE_FRAMES_KEPT) if live else []
+        agg = Aggregator(self.threshold, self.policy)
+        held: list[dict[str, Any]] = []  # analysed frames whose faces wait for the classifier
         pending: list[tuple[dict, np.ndarray]] = []
+
+        def settle() -> None:  # classified frames -> the running aggregate (and the report's frame list)
+            for rec in held:
+                for tr in agg.add(rec):
+                    if on_event is not None:
+                        on_event({"event": "verdict", "source": source, "t": rec["t"], "frame": rec["index"],
+                                  "track": tr["id"], "verdict": tr["verdict"], "p_fake_mean": tr["p_fake_mean"],
+                                  "n_judged": tr["n_judged"]})  # fmt: skip
+                if opts.keep_frames:
+                    frames.append(rec)
+            held.clear()
+
+        stopped = False
         writer = None
         n_analysed = n_detected = 0
         max_side = getattr(self.detector, "max_side", 640) or 640
@@ -221,7 +246,9 @@ class Pipeline:
                     if len(pending) >= opts.batch or annotate is not None or not opts.track:
                         self._classify(pending, timer)
                     t0 = time.perf_counter()
-                frames.append(record)
+                held.append(record)
+                if not pending:
+                    settle()
                 n_analysed += 1
                 if annotate is not None:
                     t0 = time.perf_counter()
@@ -231,8 +258,12 @@ class Pipeline:
                     t0 = timer.add("annotate", t0)
                 if progress is not None:
                     progress(frame.index + 1, info.frame_count)
+                if stop is not None and stop():
+                    stopped = True
+                    break
                 t0 = time.perf_counter()
             self._classify(pending, timer)
+            settle()
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -244,8 +275,11 @@ class Pipeline:
                 writer.abort()
             raise EdgedfError(f"no frame could be decoded from {source} (truncated or corrupt?)")
         t0 = time.perf_counter()
-        tracks, video = aggregate(frames, self.threshold, self.policy)
+        tracks, video = agg.result()
         timer.add("aggregate", t0)
+        warnings = list(src.warnings)
+        if stopped:
+            warnings.append(f"stopped on request after {n_analysed} analysed frames (t = {record['t']:.1f} s)")
         if writer is not None:
             t0 = time.perf_counter()
             writer.close()
@@ -259,7 +293,7 @@ class Pipeline:
             media_s = frames_read / info.fps
         return {
             "source": source,
-            "status": "partial" if src.incomplete else "ok",  # judged on what could be read
+            "status": "partial" if src.incomplete or stopped else "ok",  # judged on what could be read
             "error": None,
             "info": info.to_dict(),
             "sampling": {
@@ -272,13 +306,13 @@ class Pipeline:
             },
             "video": video,
             "tracks": tracks,
-            "frames": frames if opts.keep_frames else [],
+            "frames": list(frames) if opts.keep_frames else [],
             "timings_s": timings,
             "speed": {
                 "analysed_fps": round(n_analysed / wall, 3) if wall > 0 else None,
                 "realtime_factor": round(media_s / wall, 3) if media_s and wall > 0 else None,
             },
-            "warnings": list(src.warnings),
+            "warnings": warnings,
             "annotated": str(annotate) if annotate is not None else None,
         }
 

@@ -150,6 +150,10 @@ class ResultLog:
              "section": section}
         )  # fmt: skip
 
+    def event(self, rec: dict[str, Any]) -> None:
+        """A live event (a track's verdict given or flipped), written as it happens."""
+        self._write(rec)
+
     def _write(self, rec: dict[str, Any]) -> None:
         self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._f.flush()

@@ -63,11 +63,14 @@ def analyse_source(
     annotate: str | Path | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     debug: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """One source's report section; bad input or a failure on this source becomes an error section
     (one line), never an exception, so the other sources still run."""
     try:
-        return pipe.run_source(source, annotate=Path(annotate) if annotate else None, progress=progress)
+        ann = Path(annotate) if annotate else None
+        return pipe.run_source(source, annotate=ann, progress=progress, on_event=on_event, stop=stop)
     except EdgedfError as e:
         return error_section(source, str(e))
     except Exception as e:
@@ -93,11 +96,17 @@ def run_in_process(
     jobs: Iterable[Job],
     debug: bool = False,
     frame_progress: Callable[[Job], Callable[[int, int | None], None] | None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[Outcome]:
+    """Sources one after another here; live verdict events go to `on_event`; once `stop()` is true the
+    source being analysed ends early (partial, judged on what was seen) and no other starts."""
     facts = pipe.describe()
     for job in jobs:
+        if stop is not None and stop():
+            return
         prog = frame_progress(job) if frame_progress else None
-        yield Outcome(job, analyse_source(pipe, job.source, job.annotate, prog, debug), facts)
+        yield Outcome(job, analyse_source(pipe, job.source, job.annotate, prog, debug, on_event, stop), facts)
 
 
 # --- a local process pool -----------------------------------------------------------------------------

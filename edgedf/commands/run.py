@@ -69,13 +69,19 @@ def register(app: typer.Typer) -> None:
             0, "--threads", help="Threads per backend session (0: backend default; with workers, cores / workers)."
         ),
         batch: int = typer.Option(8, "--batch", help="Face crops per classifier call."),
+        stream_timeout: float = typer.Option(
+            10.0, "--stream-timeout", help="Streams: seconds a read may stall before the stream counts as lost."
+        ),
+        reconnect: int = typer.Option(
+            5, "--reconnect", help="Live streams: reopen attempts per outage (back-off 1, 2, 4, ... s; 0: none)."
+        ),
         no_frames: bool = typer.Option(False, "--no-frames", help="Leave per-frame records out of the report."),
     ) -> None:
         """Detect, track, align and classify faces; print verdicts, optionally write report, video, plot."""
         from edgedf.runtime.bundle import load_bundle
-        from edgedf.runtime.decode import Sampling, expand_sources, read_source_list
+        from edgedf.runtime.decode import Sampling, StreamPolicy, check_source, expand_sources, read_source_list
         from edgedf.runtime.fsutil import check_output_file
-        from edgedf.runtime.pipeline import Pipeline, RunOptions
+        from edgedf.runtime.pipeline import Pipeline, RunOptions, error_section
         from edgedf.runtime.report import ResultLog, build_report, exit_code, plot_timeline, write_report
         from edgedf.runtime.scale import (
             Job,
@@ -115,7 +121,7 @@ def register(app: typer.Typer) -> None:
         b = load_bundle(bundle_path)
         opts = RunOptions(
             sampling=sampling, detect_every=detect_every, batch=batch, threshold=threshold,
-            keep_frames=not no_frames, min_face_px=min_face,
+            keep_frames=not no_frames, min_face_px=min_face, stream=StreamPolicy(stream_timeout, reconnect),
         )  # fmt: skip
         if plot is not None:
             opts.keep_frames = True  # the plot reads the per-frame records
@@ -130,7 +136,7 @@ def register(app: typer.Typer) -> None:
         if mode == "ray":
             n_threads = threads or 1  # one CPU per actor: processes, not threads, fill a node
             workers = ray_workers(ray_address, n_threads) if workers == 1 else workers  # connects first
-        _stop_on_sigterm()  # after ray.init, which installs its own handler
+        stop = _StopOnSignal(graceful=mode == "local")  # after ray.init, which installs its own SIGTERM handler
         spec = PipelineSpec(str(bundle_path), backend, detector, n_threads, opts)
         log = ResultLog(jsonl, run_key(spec, b), resume) if jsonl is not None else None
         sections: dict[int, dict] = {}
@@ -138,11 +144,16 @@ def register(app: typer.Typer) -> None:
             for job in jobs:
                 if (old := log.done(job.source)) is not None:
                     sections[job.index] = old
+        for job in jobs:  # sources that cannot be read are found before any model is loaded
+            if job.index not in sections and (problem := check_source(job.source)) is not None:
+                sections[job.index] = error_section(job.source, problem)
+                err_console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+        resumed = sum(1 for j in jobs if j.index in sections and sections[j.index]["status"] != "error")
         todo = [j for j in jobs if j.index not in sections]
         facts, pipe = None, None
         execution = {
             "mode": mode, "workers": workers if mode != "local" else 1,
-            "resumed": len(jobs) - len(todo), "retried": [], "interrupted": False,
+            "resumed": resumed, "retried": [], "interrupted": False,
         }  # fmt: skip
         try:
             if not todo:
@@ -153,7 +164,12 @@ def register(app: typer.Typer) -> None:
                 outcomes = run_pool(spec, todo, workers, debug=DEBUG["on"])
             else:
                 pipe = Pipeline(b, backend=backend, detector=detector, threads=threads, options=opts)
-                outcomes = run_in_process(pipe, todo, DEBUG["on"], _frame_progress(err_console, len(jobs)))
+                outcomes = run_in_process(pipe, todo, DEBUG["on"], _frame_progress(err_console, len(jobs)),
+                                          log.event if log is not None else None, stop.requested)  # fmt: skip
+            if log is not None:
+                for job in jobs:
+                    if job.index in sections and sections[job.index]["status"] == "error":
+                        log.add(job.index, sections[job.index])
             with _SourceProgress(err_console, len(jobs), len(jobs) - len(todo), mode) as prog:
                 for out in outcomes:
                     sections[out.job.index] = out.section
@@ -164,25 +180,28 @@ def register(app: typer.Typer) -> None:
                         log.add(out.job.index, out.section, out.attempts)
                     prog.done(out.section)
         except KeyboardInterrupt:
-            execution["interrupted"] = True
-            _finish_interrupted(json_out, sections, facts, jobs, execution, err_console)
-            raise typer.Exit(130) from None
+            stop.signalled = True
         finally:
+            stop.restore()
             if log is not None:
                 log.close()
+        if stop.signalled:
+            execution["interrupted"] = True
+            _finish_interrupted(json_out, sections, facts, jobs, execution, err_console)
+            raise typer.Exit(130)
         results = [sections[j.index] for j in jobs]
-        if facts is None:  # every source resumed (or lost): the facts of a pipeline built here
+        if facts is None and (json_out is not None or any(r["status"] != "error" for r in results)):
+            # every source resumed, unreadable or lost: the facts of a pipeline built here
             pipe = pipe or Pipeline(b, backend=backend, detector=detector, threads=n_threads, options=opts)
             facts = pipe.describe()
-        threshold_used = facts["model"]["threshold"]
+        threshold_used = facts["model"]["threshold"] if facts else None
         if plot is not None and any(r["status"] != "error" for r in results):
             plot_timeline(plot, results, threshold_used)
         if no_frames:
             for r in results:
                 r["frames"] = []
-        report = build_report(facts, results, execution)
         if json_out is not None:
-            write_report(json_out, report)
+            write_report(json_out, build_report(facts, results, execution))
         if any(r["status"] != "error" for r in results):
             console.print(_summary_table(results, b, threshold_used, facts, Table))
             notes = b.notes
@@ -192,16 +211,39 @@ def register(app: typer.Typer) -> None:
         if code:
             raise typer.Exit(code)
 
-    def _stop_on_sigterm() -> None:
-        """SIGTERM (systemd, docker stop, kill) ends the run as Ctrl-C does: the finished sources are kept."""
-        import signal
-        import threading
+    class _StopOnSignal:
+        """SIGINT (Ctrl-C) and SIGTERM (systemd, docker stop) end the run with the results so far.
 
-        def stop(signum, frame):
+        In this process (`graceful`) the first signal asks the source being analysed to stop after its
+        current frame (a stream is then judged on what was seen, status partial); a second one interrupts
+        at once. With workers or Ray the signal interrupts at once and the finished sources are kept.
+        """
+
+        def __init__(self, graceful: bool):
+            import signal
+            import threading
+
+            self.signalled, self.graceful, self.saved = False, graceful, {}
+            if threading.current_thread() is not threading.main_thread():
+                return
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+
+        def _handle(self, signum, frame):
+            if self.graceful and not self.signalled:
+                self.signalled = True
+                return
+            self.signalled = True
             raise KeyboardInterrupt
 
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, stop)
+        def requested(self) -> bool:
+            return self.signalled
+
+        def restore(self) -> None:
+            import signal
+
+            for sig, handler in self.saved.items():
+                signal.signal(sig, handler)
 
     def _finish_interrupted(json_out, sections, facts, jobs, execution, err_console):
         """Ctrl-C or SIGTERM: the sources finished so far go into the report; the rest are left out."""
@@ -245,15 +287,15 @@ def register(app: typer.Typer) -> None:
             self.n += 1
             con = self.bar.console if self.bar is not None else self.console
             src = r["source"]
+            count = f"[{self.n}/{self.total}] " if self.total > 1 else ""
             if r["status"] == "error":
-                con.print(f"[red]error:[/red] {escape(src)}: {escape(r['error'])}", highlight=False, soft_wrap=True)
+                con.print(f"{count}[red]error:[/red] {escape(source_error(r))}", highlight=False, soft_wrap=True)
             for w in r["warnings"]:  # on the console too, not only in the JSON
                 con.print(f"[yellow]warning:[/yellow] {escape(src)}: {escape(w)}", highlight=False, soft_wrap=True)
-            if self.total > 1 and r["status"] != "error":
+            if count and r["status"] != "error":
                 v = r["video"]
                 score = "-" if v.get("score") is None else f"{v['score']:.3f}"
-                con.print(f"[{self.n}/{self.total}] {escape(src)}: {v['verdict']} (p(fake) {score})",
-                          highlight=False, soft_wrap=True)  # fmt: skip
+                con.print(f"{count}{escape(src)}: {v['verdict']} (p(fake) {score})", highlight=False, soft_wrap=True)
             if self.bar is not None:
                 self.bar.update(self.task, completed=self.n)
 
@@ -281,6 +323,12 @@ def register(app: typer.Typer) -> None:
             return update
 
         return for_job
+
+
+def source_error(section: dict) -> str:
+    """A failed source's error line, naming the source once."""
+    err, src = section["error"], section["source"]
+    return err if src in err else f"{src}: {err}"
 
 
 def default_bundle_path() -> Path:

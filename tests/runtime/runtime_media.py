@@ -66,3 +66,62 @@ def load_bundle_maker():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.make_bundle
+
+
+class MjpegServer:
+    """An MJPEG-over-HTTP camera on loopback (multipart/x-mixed-replace, as many IP cameras serve it).
+
+    `plan`: what each successive connection gets: ("serve", n_frames, "stall" | "close"), ("refuse",)
+    (HTTP 404), or ("forever",) (frames until the client goes away). Connections past the plan are refused.
+    """
+
+    def __init__(self, plan: list[tuple], frames: list[np.ndarray] | None = None, fps: float = 25.0):
+        import http.server
+        import socketserver
+        import threading
+        import time
+
+        jpgs = [cv2.imencode(".jpg", f)[1].tobytes() for f in (frames or face_frames(40))]
+        connections = [0]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                k = connections[0]
+                connections[0] += 1
+                step = plan[k] if k < len(plan) else ("refuse",)
+                if step[0] == "refuse":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                n = step[1] if step[0] == "serve" else None
+                i = 0
+                try:
+                    while n is None or i < n:
+                        jpg = jpgs[i % len(jpgs)]
+                        head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+                        self.wfile.write(head + jpg + b"\r\n")
+                        self.wfile.flush()
+                        i += 1
+                        time.sleep(1.0 / fps)
+                    if step[2] == "stall":
+                        time.sleep(60)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/video.mjpg"
+        self.connections = connections
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

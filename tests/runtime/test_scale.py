@@ -21,6 +21,7 @@ from runtime_media import face_frames, write_h264
 from typer.testing import CliRunner
 
 from edgedf.cli import app, ray_flag_argv
+from edgedf.runtime.decode import Sampling
 from edgedf.runtime.pipeline import RunOptions
 from edgedf.runtime.report import load_schema
 from edgedf.runtime.scale import Job, PipelineSpec, run_in_process, run_pool
@@ -64,15 +65,27 @@ def test_workers_give_the_same_results_as_one_process(tiny_bundle, sources, tmp_
         "mode": "workers", "workers": 2, "resumed": 0, "retried": [], "interrupted": False,
     }  # fmt: skip
     assert b["backend"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # cores shared out
-    assert "[5/5]" in r2.output and "missing.mp4: file not found" in r2.output
+    assert "[5/5]" in r2.output and f"error: file not found: {sources[4]}" in r2.output
 
 
-def test_a_killed_worker_costs_its_sources_a_retry_not_the_run(tiny_bundle, face_video):
+def _jobs_and_references(spec, quick: Path, long: Path):
+    """A quick source first, so it finishes while the other worker is still busy with a long one."""
+    jobs = [Job(0, str(quick))] + [Job(i, str(long)) for i in range(1, 6)]
+    pipe = spec.build()
+    refs = {str(p): comparable(next(run_in_process(pipe, [Job(0, str(p))])).section) for p in (quick, long)}
+    return jobs, refs
+
+
+@pytest.fixture(scope="module")
+def quick_clip(tmp_path_factory) -> Path:
+    return write_h264(tmp_path_factory.mktemp("quick") / "quick.mp4", face_frames(4, moving=False))
+
+
+def test_a_killed_worker_costs_its_sources_a_retry_not_the_run(tiny_bundle, face_video, quick_clip):
     """A worker process is SIGKILLed while sources are in flight: every source still gets its result
     (the ones in flight run again), identical to an undisturbed run."""
-    spec = PipelineSpec(str(tiny_bundle), options=RunOptions())
-    jobs = [Job(i, str(face_video)) for i in range(6)]
-    reference = comparable(next(run_in_process(spec.build(), jobs[:1])).section)
+    spec = PipelineSpec(str(tiny_bundle), options=RunOptions(sampling=Sampling("every", 1)))
+    jobs, refs = _jobs_and_references(spec, quick_clip, face_video)
     outcomes, killed = [], []
     for out in run_pool(spec, jobs, workers=2):
         outcomes.append(out)
@@ -82,7 +95,7 @@ def test_a_killed_worker_costs_its_sources_a_retry_not_the_run(tiny_bundle, face
             killed.append(victim.pid)
     assert sorted(o.job.index for o in outcomes) == list(range(6))
     assert all(o.section["status"] == "ok" for o in outcomes)
-    assert all(comparable(o.section) == reference for o in outcomes)
+    assert all(comparable(o.section) == refs[o.job.source] for o in outcomes)
     assert any(o.attempts == 2 for o in outcomes)  # what was in flight ran again
 
 
@@ -91,8 +104,13 @@ def test_jsonl_streams_sources_and_resume_skips_them(tiny_bundle, sources, tmp_p
     r = run(*sources[:2], "--bundle", tiny_bundle, "--every", "3", "--jsonl", log)
     assert r.exit_code == 1, r.output  # the no-face clip is not judged
     lines = [json.loads(x) for x in log.read_text().splitlines()]
-    assert lines[0]["event"] == "run" and [x["source"] for x in lines[1:]] == sources[:2]
-    first = {x["source"]: x["section"] for x in lines[1:]}
+    done = [x for x in lines if x["event"] == "source"]
+    assert lines[0]["event"] == "run" and [x["source"] for x in done] == sources[:2]
+    first = {x["source"]: x["section"] for x in done}
+    # live verdict events: the face clip's one track got its verdict once, before its source finished
+    (ev,) = [x for x in lines if x["event"] == "verdict"]
+    assert ev["source"] == sources[0] and ev["track"] == 1 and ev["verdict"] == first[sources[0]]["video"]["verdict"]
+    assert lines.index(ev) < lines.index(done[0])
     # a torn last line (a run killed mid-write) is ignored
     with open(log, "a") as f:
         f.write('{"event": "source", "sour')
@@ -105,7 +123,7 @@ def test_jsonl_streams_sources_and_resume_skips_them(tiny_bundle, sources, tmp_p
     assert [s["source"] for s in report["sources"]] == sources[:3]
     assert report["sources"][0] == first[sources[0]]  # taken from the log as it was, not rerun
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.endswith("}")]
-    assert [x.get("source") for x in lines[1:]][-1] == sources[2]
+    assert [x["source"] for x in lines if x["event"] == "source"][-1] == sources[2]
     # another threshold: the log's results do not apply
     r = run(sources[0], "--bundle", tiny_bundle, "--every", "3", "--jsonl", log, "--resume", "--threshold", "0.1")
     assert r.exit_code == 2 and "another bundle, threshold or sampling" in r.output
@@ -142,7 +160,7 @@ def test_interrupted_run_writes_what_finished(tiny_bundle, tmp_path, sig):
            "--every", "5", "--json", str(rep), "--jsonl", str(log)]  # fmt: skip
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+    while time.time() < deadline and (not log.exists() or log.read_text().count('"event":"source"') < 2):
         time.sleep(0.1)
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
@@ -151,7 +169,8 @@ def test_interrupted_run_writes_what_finished(tiny_bundle, tmp_path, sig):
     n = report["summary"]["n_sources"]
     assert 2 <= n < 400 and report["execution"]["interrupted"] is True
     assert f"interrupted: {n} of 400 sources finished" in err
-    assert len(log.read_text().splitlines()) == n + 1  # every finished source is in the log too
+    logged = [json.loads(x) for x in log.read_text().splitlines()]
+    assert sum(x["event"] == "source" for x in logged) == n  # every finished source is in the log too
 
 
 @pytest.mark.skipif(
@@ -207,12 +226,11 @@ def _ray_worker_pids() -> list[int]:
 
 
 @pytest.mark.ray
-def test_ray_worker_killed_mid_run(local_ray, tiny_bundle, face_video):
+def test_ray_worker_killed_mid_run(local_ray, tiny_bundle, face_video, quick_clip):
     from edgedf.runtime.scale import run_ray
 
-    spec = PipelineSpec(str(tiny_bundle), threads=1, options=RunOptions())
-    jobs = [Job(i, str(face_video)) for i in range(6)]
-    reference = comparable(next(run_in_process(spec.build(), jobs[:1])).section)
+    spec = PipelineSpec(str(tiny_bundle), threads=1, options=RunOptions(sampling=Sampling("every", 1)))
+    jobs, refs = _jobs_and_references(spec, quick_clip, face_video)
     outcomes, killed = [], []
     for out in run_ray(spec, jobs, workers=2):
         outcomes.append(out)
@@ -223,5 +241,5 @@ def test_ray_worker_killed_mid_run(local_ray, tiny_bundle, face_video):
                 os.kill(pid, signal.SIGKILL)
             killed.extend(pids)
     assert sorted(o.job.index for o in outcomes) == list(range(6))
-    assert all(comparable(o.section) == reference for o in outcomes)
+    assert all(comparable(o.section) == refs[o.job.source] for o in outcomes)
     assert any(o.attempts == 2 for o in outcomes)
