@@ -158,7 +158,7 @@ def test_interrupted_run_writes_what_finished(tiny_bundle, tmp_path, sig):
     rep, log = tmp_path / "r.json", tmp_path / "r.jsonl"
     cmd = [sys.executable, "-m", "edgedf", "run", "--from-list", str(listing), "--bundle", str(tiny_bundle),
            "--every", "5", "--json", str(rep), "--jsonl", str(log)]  # fmt: skip
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or log.read_text().count('"event":"source"') < 2):
         time.sleep(0.1)
