@@ -31,7 +31,8 @@ from .errors import EdgedfError
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2", ".pgm", ".ppm", ".pnm"}
 VIDEO_EXTS = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 ANIMATED_EXTS = {".gif", ".webp"}
-MAX_IMAGE_PIXELS = 120_000_000  # a 108 MP phone photo still passes; its BGR frame is ~360 MB
+MAX_IMAGE_PIXELS = 120_000_000  # refused above this (`edgedf run --max-pixels`): a 108 MP phone photo passes
+DECODE_PIXELS = 16_000_000  # larger stills are decoded at 1/2, 1/4 or 1/8 scale (ImageSource)
 MAX_VIDEO_PIXELS = 40_000_000  # 8K (33 MP) passes
 SEEK_GAP = 300  # in --frames mode, seek rather than grab when the next wanted frame is this far ahead
 
@@ -120,16 +121,32 @@ class FrameSource:
         pass
 
 
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
 class ImageSource(FrameSource):
-    def __init__(self, path: Path):
-        self.path = path
+    """A still image. One larger than DECODE_PIXELS is decoded at 1/2, 1/4 or 1/8 scale (JPEG scales
+    in the decoder, so a 100 MP photo never exists at full size in memory); faces in such photos stay
+    far above the size the detector and classifier work at."""
+
+    def __init__(self, path: Path, max_pixels: float = MAX_IMAGE_PIXELS):
+        self.path, self.warnings = path, []
         size = _png_or_header_size(path)
-        if size and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        if size and size[0] * size[1] > max_pixels:
             raise EdgedfError(
                 f"{path}: image is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP), over the "
-                f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit; downscale it first"
+                f"{max_pixels / 1e6:.0f} MP limit (--max-pixels); downscale it first"
             )
-        img = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # honours EXIF orientation
+        factor = 1
+        if size and size[0] * size[1] > DECODE_PIXELS:
+            factor = next((f for f in (2, 4) if size[0] * size[1] / f**2 <= DECODE_PIXELS), 8)
+        if factor > 1:
+            img = cv2.imread(str(path), _REDUCED[factor])  # honours EXIF orientation too
+            self.warnings.append(
+                f"{size[0]}x{size[1]} image decoded at 1/{factor} scale to bound memory; boxes are in its pixels"
+            )
+        else:
+            img = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # honours EXIF orientation
         if img is None:
             raise EdgedfError(f"cannot decode {path}: not an image OpenCV can read, or corrupt")
         depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(img.dtype, 32)
@@ -137,7 +154,6 @@ class ImageSource(FrameSource):
         self.image = as_bgr8(img)
         h, w = self.image.shape[:2]
         self.info = SourceInfo(str(path), "image", w, h, None, 1, None, 0, f"{channels}ch/{depth}bit")
-        self.warnings = []
 
     def frames(self, sampling: Sampling) -> Iterator[Frame]:
         yield Frame(0, 0.0, self.image)
@@ -413,7 +429,7 @@ def check_source(source: str) -> str | None:
     return None
 
 
-def open_source(source: str, stream: StreamPolicy | None = None) -> FrameSource:
+def open_source(source: str, stream: StreamPolicy | None = None, max_pixels: float = MAX_IMAGE_PIXELS) -> FrameSource:
     kind = classify_source(source)
     if kind in ("camera", "stream"):
         return VideoSource(source, kind, stream)
@@ -434,7 +450,7 @@ def open_source(source: str, stream: StreamPolicy | None = None) -> FrameSource:
         except Exception as e:
             raise EdgedfError(f"cannot decode {source}: {str(e).splitlines()[0]}") from None
     if ext in IMAGE_EXTS:
-        return ImageSource(path)
+        return ImageSource(path, max_pixels)
     if ext not in VIDEO_EXTS:  # FFmpeg would happily "play" a .txt file (its tty demuxer): be strict
         raise EdgedfError(
             f"cannot decode {source}: not a video or image (unknown file type {ext or 'without extension'})"

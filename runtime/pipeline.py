@@ -21,7 +21,7 @@ from .aggregate import Aggregator, VerdictPolicy, judgeable_face
 from .align import align_faces
 from .backends import BackendOptions, open_classifier
 from .bundle import Bundle
-from .decode import Sampling, StreamPolicy, open_source
+from .decode import MAX_IMAGE_PIXELS, Sampling, StreamPolicy, open_source
 from .detect import Detector, Faces, open_detector
 from .errors import EdgedfError
 from .track import Tracker
@@ -42,6 +42,7 @@ class RunOptions:
     keep_frames: bool = True  # per-frame records in the report
     min_face_px: float | None = None  # None: the bundle's verdict policy (aggregate.py)
     stream: StreamPolicy = field(default_factory=StreamPolicy)  # read timeout and reconnects of live sources
+    max_image_pixels: float = MAX_IMAGE_PIXELS  # larger stills are refused (decode.py)
 
 
 class StageTimer:
@@ -165,7 +166,7 @@ class Pipeline:
         opts = self.options
         timer = StageTimer()
         t_start = time.perf_counter()
-        src = open_source(source, opts.stream)
+        src = open_source(source, opts.stream, opts.max_image_pixels)
         timer.add("decode", t_start)
         info = src.info
         k_detect = _detect_every(opts, info.fps)

@@ -72,6 +72,11 @@ def register(app: typer.Typer) -> None:
         stream_timeout: float = typer.Option(
             10.0, "--stream-timeout", help="Streams: seconds a read may stall before the stream counts as lost."
         ),
+        max_pixels: float = typer.Option(
+            120.0,
+            "--max-pixels",
+            help="Refuse still images larger than this many megapixels (memory on small devices).",
+        ),
         reconnect: int = typer.Option(
             5, "--reconnect", help="Live streams: reopen attempts per outage (back-off 1, 2, 4, ... s; 0: none)."
         ),
@@ -106,6 +111,8 @@ def register(app: typer.Typer) -> None:
             raise EdgedfError("--workers must be at least 1 and --threads at least 0")
         if min_face is not None and not 0.0 <= min_face < 1e5:
             raise EdgedfError(f"--min-face must be a size in pixels >= 0, got {min_face}")
+        if not 0 < max_pixels <= 10_000:
+            raise EdgedfError(f"--max-pixels must lie in (0, 10000] megapixels, got {max_pixels}")
         if resume and jsonl is None:
             raise EdgedfError("--resume needs --jsonl FILE: the per-source log it continues")
         listed = read_source_list(from_list) if from_list is not None else []
@@ -122,6 +129,7 @@ def register(app: typer.Typer) -> None:
         opts = RunOptions(
             sampling=sampling, detect_every=detect_every, batch=batch, threshold=threshold,
             keep_frames=not no_frames, min_face_px=min_face, stream=StreamPolicy(stream_timeout, reconnect),
+            max_image_pixels=max_pixels * 1e6,
         )  # fmt: skip
         if plot is not None:
             opts.keep_frames = True  # the plot reads the per-frame records

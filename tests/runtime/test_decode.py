@@ -66,6 +66,25 @@ def test_very_large_image_is_refused_before_decoding(tmp_path):
         open_source(str(big))
 
 
+def test_pixel_limit_is_an_option(tmp_path):
+    big = tmp_path / "big.png"
+    _png_header_only(big, 8000, 6000)  # 48 MP: under the default limit
+    with pytest.raises(EdgedfError, match="over the 20 MP limit"):
+        open_source(str(big), max_pixels=20e6)
+
+
+def test_huge_jpeg_is_decoded_reduced(tmp_path):
+    """A 12000x9000 (108 MP) photo is decoded at 1/4 scale inside the JPEG decoder, so its full-size
+    frame (324 MB) never exists; the face in it is still found and judged at its reduced size."""
+    img = cv2.resize(face_frames(1)[0], (12000, 9000), interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(tmp_path / "huge.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    del img
+    src = open_source(str(tmp_path / "huge.jpg"))
+    (frame,) = list(src.frames(Sampling()))
+    assert frame.image.shape == (2250, 3000, 3) and (src.info.width, src.info.height) == (3000, 2250)
+    assert src.warnings == ["12000x9000 image decoded at 1/4 scale to bound memory; boxes are in its pixels"]
+
+
 def test_large_image_is_analysed(tmp_path):
     img = cv2.resize(face_frames(1)[0], (3840, 2160))
     cv2.imwrite(str(tmp_path / "4k.jpg"), img)
