@@ -205,6 +205,56 @@ class AnimationSource(FrameSource):
         self._im.close()
 
 
+class _Picker:
+    """Which frames a sampling plan analyses, decided frame by frame from the index and timestamp."""
+
+    def __init__(self, sampling: Sampling, n: int | None, fps: float | None):
+        self.sampling, self.wanted = sampling, _wanted_indices(sampling, n, fps)
+        self.every = int(sampling.value) if sampling.mode == "every" else 0
+        self.next_t = 0.0
+
+    def take(self, i: int, t: float) -> bool:
+        if self.wanted is not None:
+            return i in self.wanted
+        if self.every:
+            return i % self.every == 0
+        if self.sampling.mode == "fps":
+            if t + 1e-6 < self.next_t:
+                return False
+            step = 1.0 / self.sampling.value
+            self.next_t = max(self.next_t + step, t - 0.5 * step)
+            return True
+        return True  # --frames K of a source of unknown length: the first K
+
+
+class FrameIterSource(FrameSource):
+    """Frames handed over in memory (numpy BGR uint8, [H, W, 3]) by an integrator's own capture loop:
+    any iterable, consumed once; `fps` gives their timestamps (default 30)."""
+
+    def __init__(self, frames, fps: float | None = None, name: str = "frames", n: int | None = None):
+        self._it, self.warnings = iter(frames), []
+        n = len(frames) if n is None and hasattr(frames, "__len__") else n
+        fps = float(fps) if fps else 30.0
+        self.info = SourceInfo(name, "frames", 0, 0, fps, n, n / fps if n else None, 0, None)
+
+    def frames(self, sampling: Sampling) -> Iterator[Frame]:
+        pick, limit, taken = _Picker(sampling, self.info.frame_count, self.info.fps), None, 0
+        if sampling.mode == "frames" and pick.wanted is None:
+            limit = int(sampling.value)
+        for i, img in enumerate(self._it):
+            if limit is not None and taken >= limit:
+                break
+            t = i / self.info.fps
+            if not pick.take(i, t):
+                continue
+            img = np.asarray(img)
+            if img.ndim not in (2, 3) or img.size == 0 or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+                raise EdgedfError(f"frame {i}: expected a BGR image [H, W, 3], got shape {img.shape}")
+            taken += 1
+            yield Frame(i, t, as_bgr8(img))
+        self.frames_read = i + 1 if "i" in locals() else 0
+
+
 def _wanted_indices(sampling: Sampling, n: int | None, fps: float | None) -> set[int] | None:
     """Frame indices to analyse when they can be known up front (None: decide by timestamp, fps mode)."""
     if sampling.mode == "frames":
@@ -295,9 +345,8 @@ class VideoSource(FrameSource):
         sorted_wanted = sorted(wanted) if wanted else []
         wi = 0
         live = self.live
-        every = int(sampling.value) if sampling.mode == "every" else 0
+        pick = _Picker(sampling, n, info.fps)
         limit = int(sampling.value) if (sampling.mode == "frames" and wanted is None) else None
-        next_fps_t = 0.0
         t0 = time.monotonic()
         i = -1
         taken = 0
@@ -321,20 +370,10 @@ class VideoSource(FrameSource):
                 t = i / info.fps if not live else time.monotonic() - t0
             else:
                 t = (cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
-            if wanted is not None:
-                take = i in wanted
-                if take:
-                    wi += 1
-            elif every:
-                take = i % every == 0
-            elif sampling.mode == "fps":
-                take = t + 1e-6 >= next_fps_t
-                if take:
-                    next_fps_t = max(next_fps_t + 1.0 / sampling.value, t - 0.5 / sampling.value)
-            else:
-                take = True
-            if not take:
+            if not pick.take(i, t):
                 continue
+            if wanted is not None:
+                wi += 1
             ok, img = cap.retrieve()
             if not ok or img is None:
                 self.warnings.append(f"frame {i} could not be decoded")

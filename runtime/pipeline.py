@@ -21,7 +21,7 @@ from .aggregate import Aggregator, VerdictPolicy, judgeable_face
 from .align import align_faces
 from .backends import BackendOptions, open_classifier
 from .bundle import Bundle
-from .decode import MAX_IMAGE_PIXELS, Sampling, StreamPolicy, open_source
+from .decode import MAX_IMAGE_PIXELS, FrameSource, Sampling, StreamPolicy, open_source
 from .detect import Detector, Faces, open_detector
 from .errors import EdgedfError
 from .track import Tracker
@@ -154,7 +154,7 @@ class Pipeline:
 
     def run_source(
         self,
-        source: str,
+        source: str | FrameSource,
         annotate: Path | None = None,
         progress: Callable[[int, int | None], None] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -166,7 +166,10 @@ class Pipeline:
         opts = self.options
         timer = StageTimer()
         t_start = time.perf_counter()
-        src = open_source(source, opts.stream, opts.max_image_pixels)
+        if isinstance(source, FrameSource):  # frames an integrator hands over (runtime/api.py)
+            src, source = source, source.info.source
+        else:
+            src = open_source(source, opts.stream, opts.max_image_pixels)
         timer.add("decode", t_start)
         info = src.info
         k_detect = _detect_every(opts, info.fps)

@@ -108,7 +108,7 @@ def test_directory_one_bad_file_never_stops_the_others(tiny_bundle, face_video, 
     out = tmp_path / "r.json"
     r = run(d, "--bundle", tiny_bundle, "--frames", "3", "--json", out)
     assert r.exit_code == 1, r.output  # some judged, one failed
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "b_broken.mp4" in errors[0] and "Traceback" not in r.output
     assert "[3/3]" in r.stderr  # each finished source on its own line in logs
     rep = validated(out)
