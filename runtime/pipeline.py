@@ -194,6 +194,7 @@ class Pipeline:
             held.clear()
 
         stopped = False
+        annotate_problem = None
         writer = None
         n_analysed = n_detected = 0
         max_side = getattr(self.detector, "max_side", 640) or 640
@@ -257,8 +258,13 @@ class Pipeline:
                 if annotate is not None:
                     t0 = time.perf_counter()
                     if writer is None:
-                        writer = _AnnotationWriter(annotate, img.shape[1], img.shape[0], _annotate_fps(info, opts))
-                    writer.write(img, faces, record, self.threshold)
+                        try:
+                            writer = _AnnotationWriter(annotate, img.shape[1], img.shape[0], _annotate_fps(info, opts))
+                        except EdgedfError as e:  # the analysis goes on; only the video is missing
+                            annotate_problem = str(e)
+                            annotate = None
+                    if writer is not None:
+                        writer.write(img, faces, record, self.threshold)
                     t0 = timer.add("annotate", t0)
                 if progress is not None:
                     progress(frame.index + 1, info.frame_count)
@@ -282,6 +288,8 @@ class Pipeline:
         tracks, video = agg.result()
         timer.add("aggregate", t0)
         warnings = list(src.warnings)
+        if annotate_problem:
+            warnings.append(f"no annotated video: {annotate_problem}")
         if stopped:
             warnings.append(f"stopped on request after {n_analysed} analysed frames (t = {record['t']:.1f} s)")
         if writer is not None:
@@ -341,24 +349,29 @@ class _AnnotationWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".mp4", dir=path.parent)
         os.close(fd)
+        # MPEG-4 part 2 wants even sides within limits: tiny and huge frames are scaled to 16..4096 px
+        k = max(min(1.0, 4096 / max(width, height)), 16 / min(width, height))
+        width, height = (max(16, int(round(v * k))) // 2 * 2 for v in (width, height))
         self.path, self.tmp, self.size = path, Path(tmp), (width, height)
         self.vw = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         if not self.vw.isOpened():
             self.tmp.unlink(missing_ok=True)
-            raise EdgedfError(f"cannot write {path}: OpenCV has no mp4v encoder here")
+            raise EdgedfError(f"cannot write {path}: OpenCV's mp4v encoder refused {width}x{height} here")
 
     def write(self, img: np.ndarray, faces: Faces, record: dict, threshold: float) -> None:
         out = img.copy() if (img.shape[1], img.shape[0]) == self.size else cv2.resize(img, self.size)
+        sx, sy = self.size[0] / img.shape[1], self.size[1] / img.shape[0]  # source px -> video px
         thick = max(1, round(max(self.size) / 500))
         for face in record["faces"]:
-            x1, y1, x2, y2 = (int(round(v)) for v in face["box"])
+            b = face["box"]
+            x1, y1, x2, y2 = (int(round(v)) for v in (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy))
             p = face["p_fake"]
             colour = (128, 128, 128) if p is None else ((0, 0, 255) if p >= threshold else (0, 200, 0))
             cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
             label = f"#{face['track']} " + ("?" if p is None else f"{p:.2f}")
             cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, thick)
             for x, y in face["landmarks"]:
-                cv2.circle(out, (int(x), int(y)), thick, (255, 255, 0), -1)
+                cv2.circle(out, (int(x * sx), int(y * sy)), thick, (255, 255, 0), -1)
         self.vw.write(out)
 
     def close(self) -> None:

@@ -379,3 +379,23 @@ def test_internal_error_has_its_own_exit_code_and_one_line(tiny_bundle, face_vid
     r = run(face_video, "--bundle", tiny_bundle)
     assert r.exit_code == 4 and "internal error: RuntimeError: simulated bug second line" in r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
+
+
+def test_annotate_odd_tiny_frames_never_cost_the_analysis(tiny_bundle, tmp_path):
+    """1x1 and odd-sized stills: the annotated video is written at a size the encoder takes (even,
+    16..4096 px), and the analysis is kept either way."""
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1, 3), np.uint8))
+    odd = tmp_path / "odd.png"
+    cv2.imwrite(str(odd), cv2.resize(face_frames(1)[0], (641, 361)))
+    for img in (tiny, odd):
+        out, vid = tmp_path / f"{img.stem}.json", tmp_path / f"{img.stem}.mp4"
+        r = run(img, "--bundle", tiny_bundle, "--json", out, "--annotate", vid)
+        assert r.exit_code in (0, 3), r.output  # the still has a face (judged) or none (unknown)
+        (s,) = validated(out)["sources"]
+        assert s["status"] == "ok" and s["annotated"] == str(vid)
+        cap = cv2.VideoCapture(str(vid))
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        cap.release()
+        assert (w, h) == ((16, 16) if img is tiny else (640, 360))
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
