@@ -357,18 +357,23 @@ def below_floor(result: dict[str, Any]) -> list[dict]:
     return [r for r in result["rows"] if r.get("floor_ok") is False]
 
 
+def status_cell(row: dict[str, Any]) -> str:
+    """The icon and the word (a page without an emoji font, a screen reader and grep still get the status),
+    then the reason."""
+    return f"{row['icon']} {row['status']}" + (f": {row['reason']}" if row.get("reason") else "")
+
+
 def table_cells(row: dict[str, Any]) -> list[str]:
     """One row of the bench table, as strings (Rich and Markdown print the same cells)."""
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    status = row["icon"] + (f" {row['reason']}" if row.get("reason") else "")
     return [
         str(row.get("target")),
         str(row.get("backend")),
         str(row.get("precision")),
-        status,
+        status_cell(row),
         f(row.get("size_mb"), ".2f"),
         f(row.get("auc_frame"), ".4f"),
         f(row.get("auc_video"), ".4f"),

@@ -199,7 +199,8 @@ class Doc:
         self.md.append("\n".join(lines) + "\n")
         th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-        self.html.append(f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>")
+        # a wide table scrolls inside its box; the page itself never runs off the side
+        self.html.append(f'<div class="wide"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>')
 
     def image(self, name: str, alt: str, png: bytes) -> None:
         self.md.append(f"![{alt}]({name})\n")
@@ -215,7 +216,8 @@ class Doc:
             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
             "th{background:#f3f3f3}td:nth-child(-n+4){text-align:left}"
-            "img{max-width:100%}figure{margin:1em 0}"
+            "img{max-width:100%}figure{margin:1em 0}.wide{overflow-x:auto;max-width:100%}"
+            "td{overflow-wrap:anywhere;min-width:3em}p{overflow-wrap:anywhere}"
         )
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -56,7 +56,8 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "target": r["target"],
             "backend": r["backend"],
             "precision": r["precision"],
-            "status": r["icon"],
+            "status": r["status"],
+            "icon": r["icon"],
             "reason": r.get("reason"),
             "size_mb": r.get("size_mb"),
             "auc_frame": r.get("auc_frame"),
@@ -90,7 +91,20 @@ def _fmt(v, spec: str, signed: bool = False) -> str:
     return format(v, ("+" if signed else "") + spec)
 
 
+def training_facts(meta: dict[str, Any]) -> str:
+    """A checkpoint's validation facts as words and rounded figures (not a raw JSON dump)."""
+    names = {"step": "step", "val_auc": "AUC", "val_acc": "acc", "val_eer": "EER", "val_loss": "loss"}
+    parts = []
+    for k, name in names.items():
+        v = meta.get(k)
+        if isinstance(v, bool) or v is None:
+            continue
+        parts.append(f"{name} {v}" if isinstance(v, int) else f"{name} {v:.3f}" if isinstance(v, float) else "")
+    return ", ".join(p for p in parts if p) or "-"
+
+
 def render(study: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    from edgedf.devices.bench import status_cell
     from edgedf.devices.report import Doc, add_plots
 
     doc = Doc("edgedf study: fp32 vs int8-PTQ vs int8-QAT vs ternary (BitLinear)")
@@ -105,7 +119,7 @@ def render(study: dict[str, Any], out: Path) -> tuple[Path, Path]:
     cks = study["checkpoints"]
     doc.table(
         ["Arm", "Checkpoint", "How it was made", "Training facts (pseudo-fake validation)"],
-        [[k, v["path"], v["how"], json.dumps(v.get("meta", {}), separators=(",", ":"))] for k, v in cks.items()],
+        [[k, v["path"], v["how"], training_facts(v.get("meta") or {})] for k, v in cks.items()],
     )
     doc.heading("Comparison (deltas against fp32 on the same target)")
     sets = sorted({s for r in study["comparison"] for s in (r.get("auc_frame_by_set") or {})})
@@ -115,7 +129,7 @@ def render(study: dict[str, Any], out: Path) -> tuple[Path, Path]:
     rows = []
     for r in study["comparison"]:
         by = r.get("auc_frame_by_set") or {}
-        status = r["status"] + (f" {r['reason']}" if r.get("reason") else "")
+        status = status_cell(r)
         rows.append(
             [r["target"], r["backend"], r["precision"], status, _fmt(r["size_mb"], ".2f"),
              _fmt(r.get("size_vs_fp32"), ".2f"), _fmt(r["auc_frame"], ".4f"), _fmt(r.get("d_auc_frame"), ".4f", True),

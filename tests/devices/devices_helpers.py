@@ -91,3 +91,40 @@ def tiny_qat_checkpoint(out: Path, seed: int = 1) -> Path:
     m = prepare_qat(m)
     observe(m, [torch.randn(8, 3, 32, 32) for _ in range(2)])
     return save_checkpoint(m.eval(), out)
+
+
+def chromium() -> str | None:
+    """A real headless browser, when installed (`apt-get install chromium`; .ci/run installs it)."""
+    import shutil
+
+    return next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), None)
+
+
+def render_in_browser(page: Path, width: int = 1280) -> dict:
+    """Open `page` in headless Chromium at `width` px and measure it after load: the page's scroll width
+    against the window (does anything run off the side?), each image's decoded width, and the text of
+    every table cell as the browser laid it out."""
+    import html
+    import json
+    import re
+    import subprocess
+
+    probe = page.with_name(f".{page.stem}.probe.html")
+    js = (
+        "<script>window.addEventListener('load', () => { const d = document.documentElement;"
+        " document.body.setAttribute('data-probe', JSON.stringify({scrollWidth: d.scrollWidth,"
+        " clientWidth: d.clientWidth, images: [...document.images].map(i => i.naturalWidth),"
+        " cells: [...document.querySelectorAll('td')].map(c => c.innerText)})); });</script>"
+    )
+    probe.write_text(page.read_text().replace("</body>", js + "</body>"))
+    try:
+        out = subprocess.run(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--window-size={width},900", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    finally:
+        probe.unlink(missing_ok=True)
+    m = re.search(r'data-probe="([^"]*)"', out.stdout)
+    assert m, f"the page did not load in Chromium: {out.stderr[-500:]}"
+    return json.loads(html.unescape(m.group(1)))

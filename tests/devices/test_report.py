@@ -1,4 +1,5 @@
-"""`edgedf report`: merged Markdown and a self-contained HTML page, parsed back with html.parser."""
+"""`edgedf report`: merged Markdown and a self-contained HTML page, parsed back with html.parser and opened in a
+real headless browser."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import copy
 import json
 from html.parser import HTMLParser
 
+import pytest
+from devices_helpers import chromium, render_in_browser
 from typer.testing import CliRunner
 
 from edgedf.cli import app
@@ -47,11 +50,16 @@ def test_pareto_front():
     assert pareto_front(pts) == [3, 0, 1]  # (3.0, 0.8) and (2.0, 0.85) are beaten by (2.0, 0.9)
 
 
-def test_report_merges_devices(bundles, labelled, tmp_path):
-    res = bench(
+@pytest.fixture(scope="module")
+def bench_results(bundles, labelled) -> dict:
+    return bench(
         [bundles["ort_fp32"], bundles["cpu_ternary"], bundles["jetson_ternary"]],
         BenchOptions(data=[labelled], runs=2, warmup=1),
     )
+
+
+def test_report_merges_devices(bench_results, tmp_path):
+    res = copy.deepcopy(bench_results)
     # a second "device": the same results as if measured on another host, with stage timings
     other = copy.deepcopy(res)
     other["host"].update(cpu="Cortex-A76", hostname="pi5")
@@ -81,9 +89,26 @@ def test_report_merges_devices(bundles, labelled, tmp_path):
         assert img["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
-    assert md.count("| Host | Target | Backend |") == 4 and "pi5" in md and "❌ tensorrt not installed" in md
+    assert md.count("| Host | Target | Backend |") == 4 and "pi5" in md and "❌ error: tensorrt not installed" in md
     for name in ("latency_auc.png", "size.png", "stages.png"):
         assert f"]({name})" in md and (out / name).stat().st_size > 1000
+    assert "✅ pass" in md  # a word beside each icon: a page without an emoji font still says it
+
+
+def test_report_page_fits_a_1280px_browser(tmp_path, bench_results):
+    """Opened in a real browser (headless Chromium) at 1280 px: nothing runs off the page, the plots
+    decode, and every status cell carries a word."""
+    if chromium() is None:
+        pytest.skip("no Chromium here (apt-get install chromium)")
+    a = tmp_path / "r.json"
+    a.write_text(json.dumps(bench_results))
+    out = tmp_path / "report"
+    assert runner.invoke(app, ["report", str(a), "--out", str(out)]).exit_code == 0
+    seen = render_in_browser(out / "report.html")
+    assert seen["scrollWidth"] <= seen["clientWidth"] <= 1280, seen
+    assert len(seen["images"]) >= 2 and all(w > 0 for w in seen["images"])
+    statuses = [c for c in seen["cells"] if c[:1] in "✅❎❌"]
+    assert statuses and all(c.split()[1].rstrip(":") in ("pass", "fail", "error") for c in statuses)
 
 
 def test_bad_results_file(tmp_path):
