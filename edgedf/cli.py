@@ -65,6 +65,9 @@ def cli_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `edgedf ... | head`: the reader left; say nothing more, as a killed pipe would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as e:
@@ -83,6 +86,41 @@ def _need_torch() -> None:
         raise EdgedfError("this command needs the training extras: pip install 'edgedf[train]'") from None
 
 
+FORMAT_HELP = "table (default) | json | csv: machine-readable output for scripts."
+
+
+def emit_table(
+    title: str,
+    columns: list[str],
+    rows: list[list[str]],
+    fmt: str,
+    left: tuple[str, ...] = (),
+    records: list[dict] | None = None,
+) -> None:
+    """A table on stdout: Rich (complete in pipes too), or for scripts JSON (a list of objects) or CSV, from
+    `records` (raw values: numbers stay numbers) where given, else from the displayed cells."""
+    records = records if records is not None else [dict(zip(columns, r, strict=True)) for r in rows]
+    if fmt == "json":
+        import json
+
+        print(json.dumps(records, indent=2))
+    elif fmt == "csv":
+        import csv
+
+        w = csv.DictWriter(sys.stdout, fieldnames=list(records[0]) if records else columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(records)
+    elif fmt == "table":
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col, justify="left" if col in left else "right")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+    else:
+        raise EdgedfError(f"--format must be table, json or csv, got {fmt!r}")
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f}"
 
@@ -93,27 +131,20 @@ def models_list(
     ctx: typer.Context,
     img_size: int = typer.Option(224, "--img-size", help="Input size the sizes are computed for."),
     num_classes: int = typer.Option(2, "--num-classes"),
+    fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ) -> None:
     """List the presets with parameter counts and weight size in fp32 / int8 / ternary-packed MB."""
     if ctx.invoked_subcommand is not None:
         return
+    if fmt not in ("table", "json", "csv"):
+        raise EdgedfError(f"--format must be table, json or csv, got {fmt!r}")
     _need_torch()
     from edgedf.train.vit import PRESETS, ViTConfig, build_model, count_params, size_bytes
 
-    table = Table(title=f"ViT presets at {img_size}px, {num_classes} classes (weights only, MB = 1e6 bytes)")
-    for col in (
-        "Preset",
-        "dim",
-        "depth",
-        "heads",
-        "Params fp",
-        "Params bit",
-        "fp32 MB",
-        "int8 MB",
-        "ternary MB",
-        "fp32/ternary",
-    ):
-        table.add_column(col, justify="left" if col == "Preset" else "right")
+    title = f"ViT presets at {img_size}px, {num_classes} classes (weights only, MB = 1e6 bytes)"
+    columns = ["Preset", "dim", "depth", "heads", "Params fp", "Params bit", "fp32 MB", "int8 MB", "ternary MB",
+               "fp32/ternary"]  # fmt: skip
+    rows, records = [], []
     for name in PRESETS:
         try:
             cfg = ViTConfig.from_preset(name, img_size=img_size, num_classes=num_classes)
@@ -123,7 +154,7 @@ def models_list(
         cfg_bit = ViTConfig.from_preset(name, img_size=img_size, num_classes=num_classes, variant="bit")
         n_bit = count_params(build_model(cfg_bit, device="meta"))
         s = size_bytes(cfg)
-        table.add_row(
+        rows.append([
             name,
             str(cfg.dim),
             str(cfg.depth),
@@ -134,8 +165,13 @@ def models_list(
             _mb(s["int8"]),
             _mb(s["ternary"]),
             f"{s['fp32'] / s['ternary']:.1f}x",
-        )
-    console.print(table)
+        ])  # fmt: skip
+        records.append({"preset": name, "dim": cfg.dim, "depth": cfg.depth, "heads": cfg.heads, "params_fp": n_fp,
+                        "params_bit": n_bit, "fp32_bytes": s["fp32"], "int8_bytes": s["int8"],
+                        "ternary_bytes": s["ternary"], "img_size": img_size, "num_classes": num_classes})  # fmt: skip
+    emit_table(title, columns, rows, fmt, left=("Preset",), records=records)
+    if fmt != "table":
+        return
     console.print(
         "fp: full precision (bit: BitLinear, whose blocks trade their pre-norms for one norm per "
         "BitLinear). int8: per-channel weights. ternary: block linears at 2 bits, stem/norms/head fp32."
@@ -254,24 +290,27 @@ for _name in COMMAND_MODULES:
 
 
 @app.command("targets")
-def targets() -> None:
+@cli_errors
+def targets(fmt: str = typer.Option("table", "--format", help=FORMAT_HELP)) -> None:
     """List the hardware target profiles."""
     from edgedf.devices.profiles import PROFILES
 
-    table = Table(title="Targets (edgedf export --target NAME)")
-    for col in ("Target", "Device", "Backend", "Precisions", "Default fp / bit", "Threads", "Ternary lowering"):
-        table.add_column(col)
-    for p in PROFILES.values():
-        table.add_row(
-            p.name,
-            p.device,
-            p.backend,
-            ", ".join(p.precisions),
-            f"{p.default_fp} / {p.default_bit}",
-            str(p.threads or "all"),
-            p.ternary_lowering,
-        )
-    console.print(table)
+    columns = ["Target", "Device", "Backend", "Precisions", "Default fp / bit", "Threads", "Ternary lowering"]
+    ps = list(PROFILES.values())
+    rows = [
+        [p.name, p.device, p.backend, ", ".join(p.precisions), f"{p.default_fp} / {p.default_bit}",
+         str(p.threads or "all"), p.ternary_lowering]
+        for p in ps
+    ]  # fmt: skip
+    records = [
+        {"target": p.name, "device": p.device, "backend": p.backend, "precisions": list(p.precisions),
+         "default_fp": p.default_fp, "default_bit": p.default_bit, "threads": p.threads,
+         "ternary_lowering": p.ternary_lowering}
+        for p in ps
+    ]  # fmt: skip
+    if fmt == "csv":
+        records = [{**r, "precisions": " ".join(r["precisions"])} for r in records]
+    emit_table("Targets (edgedf export --target NAME)", columns, rows, fmt, left=tuple(columns), records=records)
 
 
 def _print_version(value: bool) -> None:

@@ -116,3 +116,20 @@ def test_tables_are_complete_when_piped():
     assert out.returncode == 0, out.stderr
     assert "vit_small" in out.stdout and "343.20" in out.stdout and "fp32/ternary" in out.stdout
     assert "…" not in out.stdout
+
+
+def test_machine_readable_tables():
+    """--format json|csv for scripts: raw numbers, every row; a bad format is one line."""
+    import csv
+    import io
+    import json
+
+    models = json.loads(runner.invoke(app, ["models", "--format", "json"]).stdout)
+    tiny = next(m for m in models if m["preset"] == "vit_tiny")
+    assert tiny["dim"] == 192 and tiny["params_fp"] == 5524802 and tiny["fp32_bytes"] > tiny["ternary_bytes"]
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(app, ["targets", "--format", "csv"]).stdout)))
+    assert {r["target"] for r in rows} >= {"jetson", "cpu", "rpi", "rpi4", "ort"}
+    assert next(r for r in rows if r["target"] == "jetson")["backend"] == "tensorrt"
+    r = runner.invoke(app, ["targets", "--format", "xml"])
+    assert r.exit_code == 2 and "--format must be table, json or csv" in r.output
+
