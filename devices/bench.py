@@ -58,6 +58,25 @@ COLUMNS = (
 )
 
 
+def columns(batches: list[int] | tuple[int, ...] = (1, 8)) -> list[str]:
+    """COLUMNS with the batch sizes actually timed: latency at the smallest, throughput at the largest."""
+    small, big = min(batches), max(batches)
+    return [c.replace("b1", f"b{small}").replace("b8", f"b{big}") for c in COLUMNS]
+
+
+def run_facts(result: dict[str, Any]) -> str:
+    """What every table's figures rest on: runs, warm-up, threads, load, CPU flags, backend versions."""
+    o, h = result["options"], result["host"]
+    threads = o["threads"] if o.get("threads") else "each target's own"
+    versions = ", ".join(f"{k} {v}" for k, v in (h.get("backends") or {}).items() if v) or "-"
+    p99 = " (p99 of so few runs is close to their maximum)" if o["runs"] < 100 else ""
+    return (
+        f"{o['runs']} timed runs per batch size after {o['warmup']} warm-up{p99}; threads: {threads}; "
+        f"load average (1 min) {h.get('loadavg_1m')}; CPU {h['cpu']}, {h['cores']} cores, flags "
+        f"{' '.join(h.get('cpu_flags') or []) or '-'}; backends: {versions}."
+    )
+
+
 @dataclass
 class BenchOptions:
     data: list[Path] = field(default_factory=list)
@@ -279,7 +298,8 @@ def bench_one(path: Path, opts: BenchOptions, profile_override, cache: _DataCach
     row["latency"] = res["latency"]
     row["load_s"] = res.get("load_s")
     row["peak_rss_mb"] = res["peak_rss_mb"]
-    lat1, lat8 = res["latency"].get("1"), res["latency"].get("8")
+    # latency at the smallest batch timed, throughput at the largest (the columns say which: columns())
+    lat1, lat8 = res["latency"].get(str(min(opts.batches))), res["latency"].get(str(max(opts.batches)))
     row["ms_b1"] = lat1["median_ms"] if lat1 else None
     row["ms_b1_p90"] = lat1["p90_ms"] if lat1 else None
     row["ms_b1_p99"] = lat1["p99_ms"] if lat1 else None
@@ -357,6 +377,19 @@ def below_floor(result: dict[str, Any]) -> list[dict]:
     return [r for r in result["rows"] if r.get("floor_ok") is False]
 
 
+def batch_note(batches: list[int] | tuple[int, ...] = (1, 8)) -> str:
+    small, big = min(batches), max(batches)
+    return (
+        f"ms/face b{small}: median (p90, p99) of batch-{small} latency per face after warm-up; faces/s b{big}: "
+        f"batch-{big} throughput; peak RSS of the process that ran the bundle."
+    )
+
+
+def failed_rows(result: dict[str, Any]) -> list[dict]:
+    """Rows that did not pass here (parity, floor, or not running at all): what `--strict` fails on."""
+    return [r for r in result["rows"] if r.get("status") != "pass"]
+
+
 def status_cell(row: dict[str, Any]) -> str:
     """The icon and the word (a page without an emoji font, a screen reader and grep still get the status),
     then the reason."""
@@ -389,8 +422,9 @@ def _latency_cell(row: dict[str, Any]) -> str:
     return f"{row['ms_b1']:.2f} (p90 {row['ms_b1_p90']:.2f}, p99 {row['ms_b1_p99']:.2f})"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown_table(rows: list[dict[str, Any]], batches: list[int] | tuple[int, ...] = (1, 8)) -> str:
+    cols = columns(batches)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(r)) + " |")
     return "\n".join(lines) + "\n"
@@ -412,9 +446,8 @@ def write_results(result: dict[str, Any], out: Path) -> tuple[Path, Path, Path]:
         md,
         (
             f"# edgedf bench · {h['cpu']} · {h['cores']} cores · {result['time']}\n\n"
-            + markdown_table(result["rows"])
-            + "\nms/face b1: median (p90, p99) of batch-1 latency after warm-up; faces/s b8: batch-8 throughput; "
-            "peak RSS of the process that ran the bundle.\n"
+            + markdown_table(result["rows"], result["options"]["batches"])
+            + f"\n{batch_note(result['options']['batches'])} {run_facts(result)}\n"
         ).encode(),
     )
     log = out / "bench.log.jsonl"

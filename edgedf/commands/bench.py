@@ -22,10 +22,11 @@ def parse_batches(text: str) -> tuple[int, ...]:
 def print_table(result: dict, console, title: str) -> None:
     from rich.table import Table
 
-    from edgedf.devices.bench import COLUMNS, table_cells
+    from edgedf.devices.bench import batch_note, columns, run_facts, table_cells
 
-    table = Table(title=title)
-    for col in COLUMNS:
+    batches = result["options"]["batches"]
+    table = Table(title=title, caption=f"{batch_note(batches)} {run_facts(result)}", caption_justify="left")
+    for col in columns(batches):
         table.add_column(col, justify="left" if col in ("Target", "Backend", "Precision", "Status") else "right")
     for r in result["rows"]:
         table.add_row(*table_cells(r))
@@ -53,13 +54,15 @@ def register(app: typer.Typer) -> None:
             None, "--floor", help="AUC floor: exit 1 when a bundle scores below it (needs --data)."
         ),
         out: Path = typer.Option(Path("bench"), "--out", "-o", help="Folder for the JSON, bench.md and the log."),
+        strict: bool = typer.Option(False, "--strict", help="Exit 1 when any bundle does not pass (CI)."),
     ) -> None:
         """Benchmark bundles here: status, size, frame/video AUC, latency (median, p90, p99), throughput, peak RSS.
 
-        Status: ✅ runs and passes; ❎ runs but fails parity or the --floor; ❌ does not run here (reason given).
+        Status: ✅ pass: runs and passes; ❎ fail: runs but fails parity or the --floor; ❌ error: does not run
+        here (reason given). --strict exits 1 unless every bundle passes.
         Writes OUT/bench-<time>.json and OUT/bench.md, and appends to OUT/bench.log.jsonl.
         """
-        from edgedf.devices.bench import BenchOptions, below_floor, bench, write_results
+        from edgedf.devices.bench import BenchOptions, below_floor, bench, failed_rows, write_results
 
         opts = BenchOptions(
             data=list(data), target=target, batches=parse_batches(batch), runs=runs, warmup=warmup,
@@ -76,4 +79,12 @@ def register(app: typer.Typer) -> None:
                 f"{len(low)} bundle(s) below the AUC floor {floor}: " + ", ".join(r["bundle"] for r in low),
                 highlight=False,
             )
+            raise typer.Exit(1)
+        failed = failed_rows(result)
+        if strict and failed:
+            err_console.print(
+                f"--strict: {len(failed)} bundle(s) did not pass: "
+                + "; ".join(f"{r['bundle']} ({r['status']}: {r.get('reason')})" for r in failed),
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
             raise typer.Exit(1)

@@ -132,4 +132,3 @@ def test_machine_readable_tables():
     assert next(r for r in rows if r["target"] == "jetson")["backend"] == "tensorrt"
     r = runner.invoke(app, ["targets", "--format", "xml"])
     assert r.exit_code == 2 and "--format must be table, json or csv" in r.output
-

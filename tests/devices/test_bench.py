@@ -81,6 +81,20 @@ def test_json_table_and_log(bench_run, bundles, tmp_path):
     lines = log.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["rows"][0]["latency"].keys() == {"2"}
     assert len(list(out.glob("bench-*.json"))) == 2
+    # the columns name the batch sizes timed, and the table says what its figures rest on
+    assert "ms/face b2" in r.output and "faces/s b2" in r.output and "faces/s b8" not in r.output
+    assert "3 timed runs per batch size after 1 warm-up" in r.output and "load average" in r.output
+    row = json.loads(lines[1])["rows"][0]
+    assert row["faces_s_b8"] == pytest.approx(2e3 / row["latency"]["2"]["median_ms"], rel=1e-3)
+
+
+def test_strict_fails_on_any_row_that_does_not_pass(bundles, tmp_path):
+    ok = ["bench", str(bundles["ort_fp32"]), *FAST, "--out", str(tmp_path), "--strict"]
+    assert runner.invoke(app, ok, env=ENV).exit_code == 0
+    r = runner.invoke(app, [*ok, str(bundles["bad_parity"])], env=ENV)
+    assert r.exit_code == 1 and "--strict: 1 bundle(s) did not pass" in r.output and "bad_parity" in r.output
+    r = runner.invoke(app, ["bench", str(bundles["bad_parity"]), *FAST, "--out", str(tmp_path)], env=ENV)
+    assert r.exit_code == 0  # without --strict a failed row is reported, not an error
 
 
 def test_floor_exit_codes(bundles, coin_flip, tmp_path):
