@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,19 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             d["speedup_b8_vs_fp32"] = _div(r.get("faces_s_b8"), b.get("faces_s_b8"))
         out.append(d)
     return out
+
+
+def bundle_from(bundle: Path, checkpoint: Path) -> bool:
+    """Whether `bundle` (a study's earlier export in --work) was exported from this very checkpoint: its
+    manifest records the weights' sha256. Anything else (another checkpoint, retrained, half-written)
+    is exported again rather than benched under the wrong name."""
+    from edgedf.runtime.fsutil import sha256_file
+
+    try:
+        recorded = json.loads((bundle / "manifest.json").read_text())["model"]["checkpoint_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return recorded == sha256_file(Path(checkpoint) / "model.safetensors")
 
 
 def _sub(a, b):
@@ -239,7 +253,10 @@ def register(app: typer.Typer) -> None:
         for p in profiles:
             for precision, arm in ARMS:
                 dest = work / "bundles" / f"{p.name}-{precision}"
-                if not (dest / "manifest.json").is_file():
+                if not bundle_from(dest, need[arm]):
+                    if dest.exists():  # the study's own export from another checkpoint: replaced
+                        say(f"{dest} came from another checkpoint: exporting it again")
+                        shutil.rmtree(dest)
                     say(f"export {p.name} {precision} from {arm}")
                     eo = ExportOptions(target=p.name, precision=precision, data=calib, out=dest, verify_n=verify_n)
                     try:

@@ -55,3 +55,27 @@ def test_study_on_tiny_checkpoints(tmp_path, labelled, coin_flip):
     # missing checkpoints without a recipe: one line, exit 2
     r = runner.invoke(app, ["study", "--data", str(labelled), "--fp", str(fp), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--recipe" in r.output
+
+
+def test_study_reuses_a_bundle_only_from_the_same_checkpoint(tmp_path, bundles):
+    """--work keeps exports between runs; one made from another checkpoint (retrained, swapped) is not
+    benched under the new checkpoint's name."""
+    pytest.importorskip("torch")
+    import shutil
+
+    from edgedf.commands.study import bundle_from
+    from edgedf.runtime.bundle import load_bundle
+
+    b = load_bundle(bundles["ort_fp32"])
+    other = tiny_checkpoint("fp", tmp_path / "fp", seed=1)  # the bundle came from seed 0's weights
+    assert not bundle_from(bundles["ort_fp32"], other)
+    assert bundle_from(bundles["ort_fp32"], tiny_checkpoint("fp", tmp_path / "fp0", seed=0))
+    assert not bundle_from(tmp_path / "nothing", other)
+    same = tmp_path / "same"
+    shutil.copytree(bundles["ort_fp32"], same)
+    m = json.loads((same / "manifest.json").read_text())
+    from edgedf.runtime.fsutil import sha256_file
+
+    m["model"]["checkpoint_sha256"] = sha256_file(other / "model.safetensors")
+    (same / "manifest.json").write_text(json.dumps(m))
+    assert bundle_from(same, other) and b.manifest["model"]["checkpoint_sha256"] != m["model"]["checkpoint_sha256"]
