@@ -274,25 +274,36 @@ def run_ray(
         queue: deque[Job] = deque(jobs)
         attempts: dict[int, int] = {}
         free = list(actors)
-        running: dict[Any, tuple[Any, Job]] = {}
-        while queue or running:
+        running: dict[Any, tuple[Any, Job | None]] = {}  # job None: a probe of a restarting actor
+        dead = 0
+        while queue or any(job is not None for _, job in running.values()):
             while free and queue:
                 actor, job = free.pop(), queue.popleft()
                 attempts[job.index] = attempts.get(job.index, 0) + 1
                 running[actor.run.remote(job)] = (actor, job)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             actor, job = running.pop(ref)
-            free.append(actor)  # a dead actor is restarted by Ray; its next call waits for that
             try:
-                section, facts = ray.get(ref)
+                result = ray.get(ref)
             except lost_errors:
+                if job is None:  # its probe failed: Ray could not bring it back
+                    dead += 1
+                    if dead == len(actors):
+                        raise EdgedfError("every Ray worker was lost and none could be restarted") from None
+                    continue
+                # the actor died: Ray restarts it (elsewhere if its node is gone). It gets no source until
+                # it answers again, so the lost source is not sent straight back to a dead actor.
+                running[actor.ready.remote()] = (actor, None)
                 if attempts[job.index] > retries:
                     yield Outcome(job, error_section(job.source, f"{LOST} ({attempts[job.index]} attempts)"),
                                   None, attempts[job.index])  # fmt: skip
                 else:
                     queue.appendleft(job)
                 continue
-            yield Outcome(job, section, facts, attempts[job.index])
+            free.append(actor)
+            if job is not None:
+                section, facts = result
+                yield Outcome(job, section, facts, attempts[job.index])
     finally:
         for a in actors:
             ray.kill(a, no_restart=True)
