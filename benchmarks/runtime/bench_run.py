@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ def make_video(path: Path, seconds: float) -> None:
 
 
 def main() -> None:
+    from edgedf.devices.bench import host_info
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--video", type=Path, default=None, help="use this video instead of the generated one")
@@ -94,7 +95,7 @@ def main() -> None:
     result = {
         "video": str(a.video) if a.video else f"generated: skimage astronaut moving/zooming, {a.seconds:g} s",
         "video_info": info,
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": host_info(),  # CPU, cores, SIMD flags, backend versions, load
         "threads": a.threads,
         "results": rows,
         "naive_over_every1_time": round(rows["naive"]["pipeline_s"] / rows["every1"]["pipeline_s"], 2),
