@@ -144,7 +144,6 @@ def register(app: typer.Typer) -> None:
         if mode == "ray":
             n_threads = threads or 1  # one CPU per actor: processes, not threads, fill a node
             workers = ray_workers(ray_address, n_threads) if workers == 1 else workers  # connects first
-        stop = _StopOnSignal(graceful=mode == "local")  # after ray.init, which installs its own SIGTERM handler
         spec = PipelineSpec(str(bundle_path), backend, detector, n_threads, opts)
         log = ResultLog(jsonl, run_key(spec, b), resume) if jsonl is not None else None
         sections: dict[int, dict] = {}
@@ -163,6 +162,7 @@ def register(app: typer.Typer) -> None:
             "mode": mode, "workers": workers if mode != "local" else 1,
             "resumed": resumed, "retried": [], "interrupted": False,
         }  # fmt: skip
+        stop = _StopOnSignal(graceful=mode == "local")  # after ray.init, which installs its own SIGTERM handler
         try:
             if not todo:
                 outcomes = iter(())
