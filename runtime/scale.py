@@ -185,8 +185,12 @@ def run_pool(spec: PipelineSpec, jobs: Iterable[Job], workers: int, retries: int
                                       None, attempts[job.index])  # fmt: skip
                     else:
                         suspects.append(job)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # Ctrl-C, SIGTERM, the caller stopped early: the workers stop now, not after their source
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 # --- Ray ----------------------------------------------------------------------------------------------
