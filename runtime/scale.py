@@ -115,6 +115,11 @@ _WORKER: dict[str, Any] = {}  # per worker process: the spec it was built from a
 
 
 def _worker_pipeline(spec: PipelineSpec) -> Pipeline:
+    if not _WORKER:  # first call in this worker: SIGTERM (the pool stopping) unwinds, so a half-written
+        import signal  # annotated video is removed rather than left behind as a temp file
+        import sys
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if _WORKER.get("spec") != spec:
         try:
             _WORKER["pipe"] = spec.build()
