@@ -41,6 +41,17 @@ def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return x + (q - x).detach()
 
 
+def token_scale(xf: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """The per-token scale 127 / absmax as one correctly rounded float32 division, as ONNX's Div computes it.
+
+    `127.0 / tensor` would not do: PyTorch evaluates a scalar over a tensor as `tensor.reciprocal() * 127`,
+    two roundings, which differ from the true quotient in about a quarter of values and move codes that
+    sit on a .5 boundary. Tensor over tensor is a true division.
+    """
+    amax = xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+    return amax.new_tensor(127.0) / amax
+
+
 def activation_quant(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Per-token absmax int8 fake quantisation over the last dim; computed in float32, returned in x.dtype.
 
@@ -48,14 +59,14 @@ def activation_quant(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     and eps=1e-5 is below fp16's normal range.
     """
     xf = x.float()
-    scale = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+    scale = token_scale(xf, eps)
     return ((xf * scale).round().clamp(-128, 127) / scale).to(x.dtype)
 
 
 def activation_quant_int8(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """The integer form of `activation_quant`: int8 codes and the per-token scale s (x ~= codes / s)."""
     xf = x.float()
-    scale = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+    scale = token_scale(xf, eps)
     return (xf * scale).round().clamp(-128, 127).to(torch.int8), scale
 
 

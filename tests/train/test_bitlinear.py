@@ -73,6 +73,47 @@ def test_activation_quant_matches_formula(case):
     torch.testing.assert_close((codes.float() / scale), y.float(), atol=1e-6, rtol=1e-6)
 
 
+def test_token_scale_is_one_true_division_as_onnx_computes_it():
+    """127 / absmax, correctly rounded in float32 (what ONNX Div and ONNX Runtime compute), not
+    reciprocal-then-multiply; and the int8 codes equal those of ONNX Runtime running the canonical formula."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    x = torch.randn(4096, 64) * torch.rand(4096, 1) * 10
+    codes, scale = activation_quant_int8(x)
+    amax = x.abs().amax(-1, keepdim=True).clamp(min=EPS).numpy()
+    assert np.array_equal(scale.numpy(), np.float32(127.0) / amax)  # bit for bit
+    assert not np.array_equal((np.float32(1.0) / amax) * np.float32(127.0), scale.numpy())  # the trap is real
+
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Abs", ["x"], ["a"]),
+        helper.make_node("ReduceMax", ["a", "axes"], ["m"], keepdims=1),
+        helper.make_node("Max", ["m", "eps"], ["mc"]),
+        helper.make_node("Div", ["c127", "mc"], ["s"]),
+        helper.make_node("Mul", ["x", "s"], ["xs"]),
+        helper.make_node("Round", ["xs"], ["r"]),
+        helper.make_node("Clip", ["r", "lo", "hi"], ["q"]),
+    ]
+    init = [
+        helper.make_tensor("axes", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("eps", TensorProto.FLOAT, [], [EPS]),
+        helper.make_tensor("c127", TensorProto.FLOAT, [], [127.0]),
+        helper.make_tensor("lo", TensorProto.FLOAT, [], [-128.0]),
+        helper.make_tensor("hi", TensorProto.FLOAT, [], [127.0]),
+    ]
+    g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                          [helper.make_tensor_value_info("q", TensorProto.FLOAT, [None, 64])], init)  # fmt: skip
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (q,) = sess.run(None, {"x": x.numpy()})
+    assert np.array_equal(q.astype(np.int8), codes.numpy())  # identical, not within a tolerance
+    del onnx
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_activation_quant_half_inputs(dtype):
     torch.manual_seed(2)
@@ -80,8 +121,10 @@ def test_activation_quant_half_inputs(dtype):
     x[0] = 0
     y = activation_quant(x)
     assert y.dtype == dtype
-    ref = ref_activation_quant(x.float()).to(dtype)  # formula on the exact input values, then cast
-    assert torch.equal(y, ref)
+    # the same float32 computation (ONNX's semantics) on the exact input values, then cast: half inputs
+    # never round x*s themselves
+    assert torch.equal(y, activation_quant(x.float()).to(dtype))
+    torch.testing.assert_close(y.float(), ref_activation_quant(x.float()).float(), rtol=0.02, atol=0)
     assert torch.isfinite(y.float()).all()
 
 
