@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -26,6 +27,7 @@ from .errors import EdgedfError, one_line
 from .pipeline import Pipeline, RunOptions, error_section
 
 LOST = "a worker process died while analysing this source"
+PROBES = 60  # a restarting Ray actor is asked this many times, 0.5 s apart, before it counts as gone
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,7 @@ def run_ray(
         attempts: dict[int, int] = {}
         free = list(actors)
         running: dict[Any, tuple[Any, Job | None]] = {}  # job None: a probe of a restarting actor
-        dead = 0
+        dead, probes = 0, {}
         while queue or any(job is not None for _, job in running.values()):
             while free and queue:
                 actor, job = free.pop(), queue.popleft()
@@ -295,13 +297,19 @@ def run_ray(
             try:
                 result = ray.get(ref)
             except lost_errors:
-                if job is None:  # its probe failed: Ray could not bring it back
+                if job is None:  # its probe failed: still restarting (a busy node takes a while), or gone
+                    probes[actor] = probes.get(actor, 0) + 1
+                    if probes[actor] < PROBES:
+                        time.sleep(0.5)
+                        running[actor.ready.remote()] = (actor, None)
+                        continue
                     dead += 1
                     if dead == len(actors):
                         raise EdgedfError("every Ray worker was lost and none could be restarted") from None
                     continue
                 # the actor died: Ray restarts it (elsewhere if its node is gone). It gets no source until
                 # it answers again, so the lost source is not sent straight back to a dead actor.
+                probes[actor] = 0
                 running[actor.ready.remote()] = (actor, None)
                 if attempts[job.index] > retries:
                     yield Outcome(job, error_section(job.source, f"{LOST} ({attempts[job.index]} attempts)"),
