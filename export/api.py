@@ -129,10 +129,14 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
                 amax = ptq.ternary_act_amax(canonical, source, opts.calib_n)
                 scales = {k: max(v, 1e-6) / 127.0 for k, v in amax.items()}
                 calibration.update(method="percentile 99.99 of |x| per TernaryLinear input", crops=opts.calib_n)
+                why = {
+                    "tensorrt": "TensorRT has no per-token activation scales",
+                    "openvino": "OpenVINO's int8 kernels take static Q/DQ scales",
+                }.get(backend, "this lowering")
                 deviations.append(
-                    "TensorRT has no per-token activation scales: BitNet's per-token absmax int8 "
-                    "activations become static per-tensor Q/DQ with calibrated scales"
-                )
+                    f"{why}: BitNet's per-token absmax int8 activations become static per-tensor Q/DQ with "
+                    "calibrated scales"
+                )  # fmt: skip
             say(f"lowering TernaryLinear -> {lowering_used}")
             lowered = lowering.lower(canonical, lowering_used, scales)
             set_metadata(lowered, {"edgedf.lowering": lowering_used})

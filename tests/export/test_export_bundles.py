@@ -199,3 +199,11 @@ def test_openvino_ternary_forms(checkpoints, tmp_path):
     assert (path / "model.xml").read_text().count('element_type="u2"') == 4 * 2
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     assert open_classifier(load_bundle(path)).infer(x).shape == (3, 2)
+
+
+def test_qdq_deviation_names_the_backend_it_is_for(checkpoints, tmp_path):
+    """The static-scale deviation says why for the backend the bundle is for, not TensorRT on OpenVINO."""
+    _, m = export_bundle(checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "b", verify_n=8, calib_n=16))
+    assert m["lowering"] == "int8-qdq" and m["backend"] == "openvino"
+    (dev,) = [d for d in m["deviations"] if "per-token" in d]
+    assert dev.startswith("OpenVINO's int8 kernels take static Q/DQ scales") and "TensorRT" not in dev
