@@ -29,8 +29,10 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quant_act(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Activations as the exported int8 QuantizeLinear/DequantizeLinear pair computes them: x / s rounded
+    half to even, saturated to [-128, 127] (the int8 range ONNX uses, so training sees what export runs)."""
     s = scale.to(x.dtype)
-    return _ste(x, (x / s).round().clamp(-QMAX, QMAX) * s)
+    return _ste(x, (x / s).round().clamp(-QMAX - 1, QMAX) * s)
 
 
 class QATLinear(nn.Linear):

@@ -230,3 +230,29 @@ def test_rmsnorm_formula():
     n = RMSNorm(10)
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
     torch.testing.assert_close(n(x), expected)
+
+
+def test_qat_activation_fake_quant_is_onnx_qdq():
+    """QAT trains on what the exported QuantizeLinear/DequantizeLinear pair computes: round half to even
+    and saturation to [-128, 127] (it clamped at -127, so the most negative code differed)."""
+    import numpy as np
+
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from edgedf.train.qat import fake_quant_act
+
+    s = 0.05
+    x = torch.tensor([-7.0, -6.41, -6.4, -6.35, -0.075, 0.025, 0.075, 6.35, 6.4, 9.0])
+    y = fake_quant_act(x, torch.tensor(s)).numpy()
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]  # fmt: skip
+    init = [helper.make_tensor("s", TensorProto.FLOAT, [], [s]), helper.make_tensor("z", TensorProto.INT8, [], [0])]
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10])], init)  # fmt: skip
+    sess = ort.InferenceSession(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    (ref,) = sess.run(None, {"x": x.numpy()})
+    assert np.array_equal(y, ref) and y[0] == pytest.approx(-128 * s)
