@@ -183,7 +183,7 @@ def run_pool(spec: PipelineSpec, jobs: Iterable[Job], workers: int, retries: int
             if not running:
                 suspect_running = False
             if lost:
-                pool.shutdown(wait=False, cancel_futures=True)
+                _stop(pool)
                 pool = ProcessPoolExecutor(workers, mp_context=ctx)
                 suspect_running = False
                 for job in sorted(lost, key=lambda j: j.index):
@@ -193,11 +193,17 @@ def run_pool(spec: PipelineSpec, jobs: Iterable[Job], workers: int, retries: int
                     else:
                         suspects.append(job)
     except BaseException:  # Ctrl-C, SIGTERM, the caller stopped early: the workers stop now, not after their source
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End a pool now: its surviving workers are terminated and joined (a broken pool's idle survivor
+    would otherwise keep the interpreter from exiting)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- Ray ----------------------------------------------------------------------------------------------
