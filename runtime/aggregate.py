@@ -141,7 +141,7 @@ class Aggregator:
             "p_fake_mean": mean,
             "p_fake_max": tr["max_ps"],
             "judgeable": judgeable,
-            "verdict": ("fake" if mean >= self.threshold else "real") if judgeable else "unknown",
+            "verdict": self._track_verdict(tr, need),
         }
 
     def result(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:

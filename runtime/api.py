@@ -87,13 +87,7 @@ class Detector:
     def p_fake(self, crops: np.ndarray) -> np.ndarray:
         """p(fake) for face crops already aligned to `spec` (BGR uint8 [N, H, W, 3]), in batches."""
         crops = np.asarray(crops)
-        if crops.ndim == 3:
-            crops = crops[None]
-        b = max(1, self.pipeline.options.batch)
-        to_input = self.bundle.spec.to_input
-        return np.concatenate(
-            [self.pipeline.classifier.p_fake(to_input(crops[i : i + b], "BGR")) for i in range(0, len(crops), b)]
-        ) if len(crops) else np.zeros((0,), np.float32)  # fmt: skip
+        return self.pipeline.p_fake(crops[None] if crops.ndim == 3 else crops)
 
     def report(self, sections: list[dict[str, Any]]) -> dict[str, Any]:
         """Sections -> a full report, as `edgedf run --json` writes it."""

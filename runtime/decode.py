@@ -113,6 +113,7 @@ class FrameSource:
     info: SourceInfo
     warnings: list[str]
     incomplete: bool = False  # the source ended before its declared length (truncated or corrupt)
+    live: bool = False  # a camera or a stream without a declared length: it may run for days
 
     def frames(self, sampling: Sampling) -> Iterator[Frame]:
         raise NotImplementedError
@@ -211,6 +212,8 @@ class _Picker:
     def __init__(self, sampling: Sampling, n: int | None, fps: float | None):
         self.sampling, self.wanted = sampling, _wanted_indices(sampling, n, fps)
         self.every = int(sampling.value) if sampling.mode == "every" else 0
+        # --frames K of a source of unknown length: the first K frames
+        self.limit = int(sampling.value) if sampling.mode == "frames" and self.wanted is None else None
         self.next_t = 0.0
 
     def take(self, i: int, t: float) -> bool:
@@ -224,7 +227,7 @@ class _Picker:
             step = 1.0 / self.sampling.value
             self.next_t = max(self.next_t + step, t - 0.5 * step)
             return True
-        return True  # --frames K of a source of unknown length: the first K
+        return True  # --frames K of a source of unknown length (self.limit stops it)
 
 
 class FrameIterSource(FrameSource):
@@ -238,11 +241,11 @@ class FrameIterSource(FrameSource):
         self.info = SourceInfo(name, "frames", 0, 0, fps, n, n / fps if n else None, 0, None)
 
     def frames(self, sampling: Sampling) -> Iterator[Frame]:
-        pick, limit, taken = _Picker(sampling, self.info.frame_count, self.info.fps), None, 0
-        if sampling.mode == "frames" and pick.wanted is None:
-            limit = int(sampling.value)
+        pick, taken = _Picker(sampling, self.info.frame_count, self.info.fps), 0
+        self.frames_read = 0
         for i, img in enumerate(self._it):
-            if limit is not None and taken >= limit:
+            self.frames_read = i + 1
+            if pick.limit is not None and taken >= pick.limit:
                 break
             t = i / self.info.fps
             if not pick.take(i, t):
@@ -252,7 +255,6 @@ class FrameIterSource(FrameSource):
                 raise EdgedfError(f"frame {i}: expected a BGR image [H, W, 3], got shape {img.shape}")
             taken += 1
             yield Frame(i, t, as_bgr8(img))
-        self.frames_read = i + 1 if "i" in locals() else 0
 
 
 def _wanted_indices(sampling: Sampling, n: int | None, fps: float | None) -> set[int] | None:
@@ -346,14 +348,13 @@ class VideoSource(FrameSource):
         wi = 0
         live = self.live
         pick = _Picker(sampling, n, info.fps)
-        limit = int(sampling.value) if (sampling.mode == "frames" and wanted is None) else None
         t0 = time.monotonic()
         i = -1
         taken = 0
         while True:
             if last_wanted is not None and i >= last_wanted:
                 break
-            if limit is not None and taken >= limit:
+            if pick.limit is not None and taken >= pick.limit:
                 break
             if wanted is not None and info.kind == "video" and wi < len(sorted_wanted):
                 target = sorted_wanted[wi]

@@ -135,18 +135,19 @@ class Pipeline:
             },
         }
 
+    def p_fake(self, crops: np.ndarray) -> np.ndarray:
+        """p(fake) for aligned BGR crops [N, H, W, 3], `options.batch` crops per classifier call."""
+        b = max(1, self.options.batch)
+        spec = self.bundle.spec
+        return np.concatenate(
+            [self.classifier.p_fake(spec.to_input(crops[i : i + b], "BGR")) for i in range(0, len(crops), b)]
+        ) if len(crops) else np.zeros((0,), np.float32)  # fmt: skip
+
     def _classify(self, pending: list[tuple[dict, np.ndarray]], timer: StageTimer) -> None:
         if not pending:
             return
         t0 = time.perf_counter()
-        crops = np.stack([c for _, c in pending])
-        b = max(1, self.options.batch)
-        p = np.concatenate(
-            [
-                self.classifier.p_fake(self.bundle.spec.to_input(crops[i : i + b], "BGR"))
-                for i in range(0, len(crops), b)
-            ]
-        )
+        p = self.p_fake(np.stack([c for _, c in pending]))
         for (face, _), v in zip(pending, p, strict=True):
             face["p_fake"] = float(v)
         pending.clear()
@@ -175,9 +176,8 @@ class Pipeline:
         k_detect = _detect_every(opts, info.fps)
         tracker = Tracker(max_age_s=_track_max_age(opts, info))
         spec = self.bundle.spec
-        live = info.kind in ("camera", "stream")
         # per-frame records for the report (keep_frames); a live source keeps only the latest ones
-        frames: list[dict[str, Any]] | deque = deque(maxlen=LIVE_FRAMES_KEPT) if live else []
+        frames: list[dict[str, Any]] | deque = deque(maxlen=LIVE_FRAMES_KEPT) if src.live else []
         agg = Aggregator(self.threshold, self.policy)
         held: list[dict[str, Any]] = []  # analysed frames whose faces wait for the classifier
         pending: list[tuple[dict, np.ndarray]] = []

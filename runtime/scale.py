@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import load_bundle
+from .bundle import Bundle, load_bundle
 from .errors import EdgedfError, one_line
 from .pipeline import Pipeline, RunOptions, error_section
 
@@ -40,8 +40,10 @@ class PipelineSpec:
     threads: int = 0
     options: RunOptions = field(default_factory=RunOptions)
 
-    def build(self) -> Pipeline:
-        return Pipeline(load_bundle(self.bundle), self.backend, self.detector, self.threads, self.options)
+    def build(self, bundle: Bundle | None = None) -> Pipeline:
+        """The pipeline, from `bundle` when the caller has it loaded already, else loaded from the path."""
+        b = bundle if bundle is not None else load_bundle(self.bundle)
+        return Pipeline(b, self.backend, self.detector, self.threads, self.options)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         from edgedf.runtime.bundle import load_bundle
         from edgedf.runtime.decode import Sampling, StreamPolicy, check_source, expand_sources, read_source_list
         from edgedf.runtime.fsutil import check_output_file
-        from edgedf.runtime.pipeline import Pipeline, RunOptions, error_section
+        from edgedf.runtime.pipeline import RunOptions, error_section
         from edgedf.runtime.report import ResultLog, build_report, exit_code, plot_timeline, write_report
         from edgedf.runtime.scale import (
             Job,
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
             elif mode == "workers":
                 outcomes = run_pool(spec, todo, workers, debug=DEBUG["on"])
             else:
-                pipe = Pipeline(b, backend=backend, detector=detector, threads=threads, options=opts)
+                pipe = spec.build(b)
                 outcomes = run_in_process(pipe, todo, DEBUG["on"], _frame_progress(err_console, len(jobs)),
                                           log.event if log is not None else None, stop.requested)  # fmt: skip
             if log is not None:
@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
         results = [sections[j.index] for j in jobs]
         if facts is None and (json_out is not None or any(r["status"] != "error" for r in results)):
             # every source resumed, unreadable or lost: the facts of a pipeline built here
-            pipe = pipe or Pipeline(b, backend=backend, detector=detector, threads=n_threads, options=opts)
+            pipe = pipe or spec.build(b)
             facts = pipe.describe()
         threshold_used = facts["model"]["threshold"] if facts else None
         if plot is not None and any(r["status"] != "error" for r in results):
