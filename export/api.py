@@ -128,7 +128,7 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
                 say(f"calibrating activation ranges on {opts.calib_n} crops")
                 amax = ptq.ternary_act_amax(canonical, source, opts.calib_n)
                 scales = {k: max(v, 1e-6) / 127.0 for k, v in amax.items()}
-                calibration.update(method="percentile 99.99 of |x| per TernaryLinear input", crops=opts.calib_n)
+                calibration.update(method=ptq.TERNARY_CALIBRATION, crops=opts.calib_n)
                 why = {
                     "tensorrt": "TensorRT has no per-token activation scales",
                     "openvino": "OpenVINO's int8 kernels take static Q/DQ scales",

@@ -36,9 +36,11 @@ class CropSource:
         s = self.spec.input_size
         if self.kind == "random":
             rng = np.random.default_rng(self.seed + offset)
-            # smooth random images (noise blurred): closer to natural image statistics than white noise
-            raw = rng.integers(0, 256, (n, s // 8, s // 8, 3), dtype=np.uint8)
-            imgs = np.stack([cv2.resize(r, (s, s), interpolation=cv2.INTER_CUBIC) for r in raw])
+            # smooth random images (noise blurred; closer to natural image statistics than white noise), each with
+            # its own contrast and colour, so that images differ as a whole and not only in their details
+            raw = rng.random((n, s // 8, s // 8, 3)) * rng.uniform(0.2, 1.2, (n, 1, 1, 1))
+            raw = 255 * np.clip(raw + rng.uniform(0.0, 0.6, (n, 1, 1, 3)), 0, 1)
+            imgs = np.stack([cv2.resize(r.astype(np.uint8), (s, s), interpolation=cv2.INTER_CUBIC) for r in raw])
             return self.spec.to_input(imgs, crops_color="BGR")
         out = []
         for i in range(n):

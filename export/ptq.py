@@ -94,11 +94,16 @@ def openvino_quantize(fp32_onnx: Path, out_xml: Path, source: CropSource, n: int
     return {"tool": f"nncf.quantize {nncf.__version__}", "model_type": "TRANSFORMER", "crops": len(items)}
 
 
+TERNARY_CALIBRATION = "per TernaryLinear input: the percentile of |x| (99 to 100) closest to per-token quantisation"
+
+
 def ternary_act_amax(
-    canonical: onnx.ModelProto, source: CropSource, n: int, percentile: float = 99.99
+    canonical: onnx.ModelProto, source: CropSource, n: int, max_tokens: int = 4096
 ) -> dict[str, float]:
-    """Static per-tensor ranges of every TernaryLinear input (for TensorRT's Q/DQ), from calibration crops:
-    the `percentile` of |x| over all tokens and crops, so one outlier token does not flatten the rest."""
+    """Static per-tensor ranges of every TernaryLinear input (for the int8-qdq lowering), from calibration
+    crops. The reference is BitNet's per-token absmax quantisation, so each input's range is the candidate
+    (a percentile of |x|, or the max) whose static int8 quantisation of the calibration tokens comes
+    closest (least squared error) to their per-token quantisation."""
     import onnxruntime as ort
 
     from .lowering import ternary_nodes
@@ -110,10 +115,33 @@ def ternary_act_amax(
         m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = [o.name for o in sess.get_outputs()]
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    tokens: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for b in source.batches(n, 16):
         res = dict(zip(outs, sess.run(None, {sess.get_inputs()[0].name: b}), strict=True))
         for k in names:
-            a = np.abs(res[k]).ravel()
-            samples[k].append(a if a.size <= 200_000 else np.random.default_rng(0).choice(a, 200_000))
-    return {k: float(np.percentile(np.concatenate(v), percentile)) for k, v in samples.items()}
+            tokens[k].append(res[k].reshape(-1, res[k].shape[-1]))
+    rng = np.random.default_rng(0)
+    amax = {}
+    for k, parts in tokens.items():
+        x = np.concatenate(parts)
+        x = x[rng.choice(len(x), max_tokens, replace=False)] if len(x) > max_tokens else x
+        amax[k] = best_static_amax(x)
+    return amax
+
+
+def per_token_quant(x: np.ndarray) -> np.ndarray:
+    s = np.float32(127.0) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-5))
+    return np.clip(np.round(x * s), -128, 127) / s
+
+
+def best_static_amax(tokens: np.ndarray, percentiles=(99.0, 99.9, 99.99, 99.999, 100.0)) -> float:
+    """The per-tensor range whose static int8 quantisation best matches per-token quantisation of `tokens`."""
+    ref = per_token_quant(tokens)
+    a = np.abs(tokens).ravel()
+    best, best_err = None, np.inf
+    for c in np.percentile(a, percentiles):
+        sx = max(float(c), 1e-6) / 127.0
+        err = float(np.square(np.clip(np.round(tokens / sx), -128, 127) * sx - ref).mean())
+        if err < best_err:
+            best, best_err = float(c), err
+    return best

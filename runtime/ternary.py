@@ -62,8 +62,11 @@ def expand_packed_ternary(onnx_bytes: bytes) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    fp16 = "--fp16" in argv
+    argv = [a for a in argv if a != "--fp16"]
     if len(argv) != 2:
-        print("usage: python -m edgedf.runtime.ternary BUNDLE_OR_ONNX OUT.onnx", file=sys.stderr)
+        print("usage: python -m edgedf.runtime.ternary BUNDLE_OR_ONNX OUT.onnx [--fp16]", file=sys.stderr)
+        print("  --fp16: fp16 tensors, fp32 I/O (for TensorRT 11, which has no fp16 builder flag)", file=sys.stderr)
         return 2
     src, out = Path(argv[0]), Path(argv[1])
     try:
@@ -73,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             src = load_bundle(src).entry
         from .fsutil import atomic_write_bytes
 
-        atomic_write_bytes(out, expand_packed_ternary(src.read_bytes()))
+        model = expand_packed_ternary(src.read_bytes())
+        if fp16:
+            from .backends.tensorrt import to_fp16
+
+            model = to_fp16(model)
+        atomic_write_bytes(out, model)
     except (EdgedfError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -112,10 +112,13 @@ def register(app: typer.Typer) -> None:
         if m["backend"] == "tensorrt":
             from edgedf.runtime.backends.tensorrt import trtexec_command
 
-            t.add_row(
-                "engine",
-                "built on the device at first run (cached); by hand: "
-                f"python -m edgedf.runtime.ternary {path} model.trt.onnx && "
-                + trtexec_command("model.trt.onnx", m["precision"], "model.engine"),
-            )
+            chw = tuple(m["input"]["shape"][1:]) if m["input"]["batch"] is None else None
+            by_hand = {}
+            for v in ("10", "11"):
+                fp16 = " --fp16" if v == "11" and m["precision"] == "fp16" else ""
+                build = trtexec_command("model.trt.onnx", m["precision"], "model.engine", v, m["input"]["name"], chw)
+                by_hand[v] = f"python -m edgedf.runtime.ternary {path} model.trt.onnx{fp16} && {build}"
+            t.add_row("engine", "built on the device at first run, cached per GPU model and TensorRT version")
+            t.add_row("by hand, TensorRT 10 (JetPack 6)", by_hand["10"])
+            t.add_row("by hand, TensorRT 11", by_hand["11"])
         console.print(t)

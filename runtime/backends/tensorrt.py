@@ -1,5 +1,12 @@
 """TensorRT backend (Jetson / NVIDIA GPUs): builds an engine from the bundle's ONNX once, caches it
-beside the bundle (or in options.cache_dir), and runs it with explicit-quantisation Q/DQ as exported.
+(options.cache_dir, else ~/.cache/edgedf/engines; keyed by model, precision, TensorRT version and GPU
+model) and runs it with explicit-quantisation Q/DQ as exported, batches 1..MAX_BATCH per call.
+
+TensorRT 10 (JetPack 6) builds with the FP16/INT8 builder flags. TensorRT 11 removed them (strongly
+typed networks only): int8 bundles build as they are (int8 GEMMs from their Q/DQ nodes, everything else
+fp32) and an fp16 bundle's ONNX is converted to fp16 tensors first (to_fp16). Neither version could be
+installed where this was written (TensorRT's wheels download at install time); both paths follow
+NVIDIA's documentation and the migration guide from 10.x to 11.x.
 
 Needs `tensorrt` (JetPack ships it) and `cuda-python` for device memory. Where they do not import,
 `trtexec_command()` gives the equivalent command line for building the engine by hand.
@@ -19,16 +26,31 @@ from ..fsutil import atomic_write_bytes
 INSTALL_HINT = "TensorRT comes with JetPack on a Jetson; elsewhere: pip install tensorrt cuda-python"
 
 
+MAX_BATCH = 64  # the engine's optimisation profile covers batches 1..MAX_BATCH; larger feeds run in chunks
+OPT_BATCH = 8  # the batch the runtime's classifier feeds most often
+
+
 def available() -> bool:
+    """TensorRT and a CUDA runtime binding both import (either alone cannot run an engine)."""
     try:
         import tensorrt  # noqa: F401
-        from cuda.bindings import runtime  # noqa: F401
     except ImportError:
-        try:
-            from cuda import cudart  # noqa: F401
-        except ImportError:
-            return False
+        return False
+    try:
+        _cudart()
+    except ImportError:
+        return False
     return True
+
+
+def major_version(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def strongly_typed(version: str) -> bool:
+    """TensorRT 11 removed the weak-typing precision flags (BuilderFlag.FP16/INT8, trtexec --fp16/--int8):
+    every network is strongly typed, int8 comes from the model's Q/DQ nodes and fp16 from fp16 tensors."""
+    return major_version(version) >= 11
 
 
 def model_for_bundle(bundle) -> bytes:
@@ -39,15 +61,48 @@ def model_for_bundle(bundle) -> bytes:
     return expand_packed_ternary(bundle.entry.read_bytes())
 
 
-def trtexec_command(onnx_path: str | Path, precision: str, engine_path: str | Path) -> str:
-    flags = {
-        "fp16": ["--fp16"],
-        "fp32": [],
-        "int8-ptq": ["--int8", "--fp16"],
-        "int8-qat": ["--int8", "--fp16"],
-        "ternary": ["--int8", "--fp16"],
-    }.get(precision, [])
-    return shlex.join(["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", *flags])
+def to_fp16(onnx_bytes: bytes) -> bytes:
+    """The fp model in fp16 with fp32 inputs and outputs, for a strongly typed build (TensorRT 11): what
+    BuilderFlag.FP16 let TensorRT choose by itself before. Norms, softmax and their reductions stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load_from_string(onnx_bytes)
+    keep_fp32 = [
+        "LayerNormalization", "Softmax", "ReduceMean", "ReduceMax",
+        "ReduceSum", "Pow", "Sqrt", "Div", "Exp", "Erf",
+    ]  # fmt: skip
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=keep_fp32)
+    OnnxModel(half).topological_sort()  # the converter appends its Casts last; parsers read nodes in order
+    return half.SerializeToString()
+
+
+def precision_flags(precision: str, version: str) -> list[str]:
+    """BuilderFlag names to set on TensorRT 10 (weak typing); none on 11 (see strongly_typed)."""
+    if strongly_typed(version) or precision == "fp32":
+        return []
+    return ["FP16", "INT8"] if precision in ("int8-ptq", "int8-qat", "ternary") else ["FP16"]
+
+
+def trtexec_command(
+    onnx_path: str | Path,
+    precision: str,
+    engine_path: str | Path,
+    version: str = "10",
+    input_name: str = "input",
+    chw: tuple[int, int, int] | None = None,
+) -> str:
+    """The equivalent trtexec build for TensorRT `version`, with the runtime's batch profile when the
+    model's batch is dynamic (`chw` given). TensorRT 11's trtexec has no precision flags: an fp16 build
+    needs an fp16 model first (what to_fp16 makes; NVIDIA's ModelOpt AutoCast does the same)."""
+    args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    args += [f"--{f.lower()}" for f in precision_flags(precision, version)]
+    if chw:
+        dims = "x".join(map(str, chw))
+        profile = (("min", 1), ("opt", OPT_BATCH), ("max", MAX_BATCH))
+        args += [f"--{k}Shapes={input_name}:{b}x{dims}" for k, b in profile]
+    return shlex.join(args)
 
 
 def _cudart():
@@ -65,27 +120,39 @@ def _check(ret):
     return rest[0] if len(rest) == 1 else rest
 
 
+def gpu_identity(cudart, device: int) -> str:
+    """Name and compute capability of the GPU: an engine is only valid for the GPU model it was built on."""
+    props = _check(cudart.cudaGetDeviceProperties(device))
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return f"{name.strip(chr(0)).strip()} sm{props.major}{props.minor}"
+
+
+def engine_key(onnx_bytes: bytes, precision: str, trt_version: str, gpu: str) -> str:
+    parts = [onnx_bytes, precision.encode(), trt_version.encode(), gpu.encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
 def build_engine(onnx_bytes: bytes, precision: str, workspace_gb: float = 2.0) -> bytes:
     import tensorrt as trt
 
+    if strongly_typed(trt.__version__) and precision == "fp16":
+        onnx_bytes = to_fp16(onnx_bytes)  # int8 bundles build as they are: int8 from Q/DQ, the rest fp32
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EdgedfError(f"TensorRT cannot parse the ONNX model: {errs}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision != "fp32":
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision in ("int8-ptq", "int8-qat", "ternary"):
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantisation: scales come from the Q/DQ nodes
+    for flag in precision_flags(precision, trt.__version__):
+        config.set_flag(getattr(trt.BuilderFlag, flag))  # INT8 with Q/DQ: explicit quantisation, no calibrator
     inp = network.get_input(0)
-    if any(d == -1 for d in inp.shape):
+    if inp.shape[0] == -1:
         profile = builder.create_optimization_profile()
         c, h, w = inp.shape[1:]
-        profile.set_shape(inp.name, (1, c, h, w), (8, c, h, w), (32, c, h, w))
+        profile.set_shape(inp.name, (1, c, h, w), (OPT_BATCH, c, h, w), (MAX_BATCH, c, h, w))
         config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
@@ -101,7 +168,8 @@ class TensorRTSession:
         if device:
             _check(self._cudart.cudaSetDevice(int(device)))
         onnx_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
-        key = hashlib.sha256(onnx_bytes + precision.encode() + trt.__version__.encode()).hexdigest()[:16]
+        gpu = gpu_identity(self._cudart, int(device or 0))
+        key = engine_key(onnx_bytes, precision, trt.__version__, gpu)
         cache = (cache_dir or Path.home() / ".cache" / "edgedf" / "engines") / f"{key}.engine"
         if cache.is_file():
             plan = cache.read_bytes()
@@ -118,6 +186,13 @@ class TensorRTSession:
         self._stream = _check(self._cudart.cudaStreamCreate())
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = next(iter(feeds.values())).shape[0]
+        if n <= MAX_BATCH:
+            return self._run(feeds)
+        parts = [self._run({k: v[i : i + MAX_BATCH] for k, v in feeds.items()}) for i in range(0, n, MAX_BATCH)]
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         buffers = []

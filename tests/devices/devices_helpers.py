@@ -17,23 +17,29 @@ def astronaut_bgr() -> np.ndarray:
 
 
 def tiny_checkpoint(variant: str, out: Path, seed: int = 0) -> Path:
-    """A random tiny ViT (32 px) whose head is scaled so p(fake) spreads over (0, 1), as a trained one's does."""
+    """A random tiny ViT (32 px), random biases and norm weights, p(fake) spread over (0, 1) (train.smoke.perturb)."""
+    from edgedf.train.checkpoint import save_checkpoint
+
+    return save_checkpoint(_tiny_vit(variant, seed).eval(), out)
+
+
+def _tiny_vit(variant: str = "fp", seed: int = 0):
     import torch
 
-    from edgedf.train.checkpoint import save_checkpoint
+    from edgedf.train.smoke import perturb
     from edgedf.train.vit import ViTConfig, build_model
 
     torch.manual_seed(seed)
-    m = build_model(ViTConfig(preset=None, img_size=32, patch_size=8, dim=32, depth=2, heads=2, variant=variant))
-    with torch.no_grad():
-        m.head.weight.mul_(100.0)
-    return save_checkpoint(m.eval(), out)
+    cfg = ViTConfig(preset=None, img_size=32, patch_size=8, dim=32, depth=2, heads=2, variant=variant)
+    return perturb(build_model(cfg), seed)
 
 
 def export(ck: Path, target: str, precision: str, out: Path) -> Path:
     from edgedf.export.api import ExportOptions, export_bundle
 
-    path, _ = export_bundle(ck, ExportOptions(target=target, precision=precision, out=out, verify_n=32, calib_n=32))
+    # 0.9: the static int8 Q/DQ lowerings may flip a crop or two of 32 near p = 0.5 on these sensitive test models
+    opts = ExportOptions(target=target, precision=precision, out=out, verify_n=32, calib_n=32, min_agreement=0.9)
+    path, _ = export_bundle(ck, opts)
     return path
 
 
@@ -82,13 +88,8 @@ def tiny_qat_checkpoint(out: Path, seed: int = 1) -> Path:
 
     from edgedf.train.checkpoint import save_checkpoint
     from edgedf.train.qat import observe, prepare_qat
-    from edgedf.train.vit import ViTConfig, build_model
 
-    torch.manual_seed(seed)
-    m = build_model(ViTConfig(preset=None, img_size=32, patch_size=8, dim=32, depth=2, heads=2))
-    with torch.no_grad():
-        m.head.weight.mul_(100.0)
-    m = prepare_qat(m)
+    m = prepare_qat(_tiny_vit("fp", seed))
     observe(m, [torch.randn(8, 3, 32, 32) for _ in range(2)])
     return save_checkpoint(m.eval(), out)
 
