@@ -11,10 +11,12 @@ Parity, from two sources, both must hold (decisive agreement >= 0.99, as the exp
   1. recorded: the manifest's parity against PyTorch, for the backend that runs the bundle here (a
      TensorRT bundle's is recorded on ONNX Runtime/OpenVINO as a proxy). Missing (exported with
      --no-verify) counts as failing: nothing vouches for the bundle's numbers.
-  2. on-device: when the bundle's model is ONNX and runs on another backend than ONNX Runtime (TensorRT
-     on a Jetson, OpenVINO reading ONNX), ONNX Runtime on the same ONNX is the reference here, on the
-     labelled crops (or random inputs without --data): the device's own kernels are checked, not only
-     the export machine's.
+  2. on-device, for every bundle: the backend runs here on the reference crops the bundle carries, against
+     the PyTorch logits stored with them; no decision may flip that did not flip on the export machine,
+     and |dp| may exceed the export machine's by at most 0.02 (runtime/parity.py). The device's own
+     kernels are checked (a Pi's MatMulNBits, a Jetson's engine), not only the export machine's.
+     Bundles from before reference crops: when the model is ONNX and runs on another backend than ONNX
+     Runtime, ONNX Runtime on the same ONNX is the reference, on the labelled crops (or random inputs).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from edgedf.runtime.backends import available, backend_module
 from edgedf.runtime.bundle import Bundle, load_bundle
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.fsutil import atomic_write_bytes, atomic_write_json
+from edgedf.runtime.parity import STORED, reference_holds
 
 from .auc import roc_auc
 from .data import FaceCrops, LabelledItem, face_crops, list_labelled
@@ -143,7 +146,11 @@ def parity_verdict(
     if a is not None and a < min_agreement:
         why = f"parity: {backend} agrees with PyTorch on {a:.1%} of decisive crops (< {min_agreement:.0%})"
         return False, why, recorded
-    if on_device is not None:
+    if on_device is not None and on_device.get("reference") == STORED:
+        ok, why = reference_holds(on_device, recorded.get("reference_crops"))
+        if not ok:
+            return False, f"on-device parity: {backend} here: {why}", recorded
+    elif on_device is not None:
         b = _agree(on_device)
         if b is not None and b < min_agreement:
             why = f"on-device parity: {backend} agrees with ONNX Runtime on {b:.1%} (< {min_agreement:.0%})"
@@ -158,7 +165,7 @@ def _agree(r: dict) -> float | None:
 
 
 def bundle_size_mb(b: Bundle) -> float:
-    return round(sum(int(f.get("bytes", 0)) for f in b.manifest["files"].values()) / 1e6, 3)
+    return round(b.model_bytes / 1e6, 3)
 
 
 class _DataCache:

@@ -19,7 +19,7 @@ import numpy as np
 from edgedf.runtime.backends import BackendOptions, available, open_classifier, open_session
 from edgedf.runtime.bundle import load_bundle
 from edgedf.runtime.fsutil import atomic_write_json
-from edgedf.runtime.parity import compare
+from edgedf.runtime.parity import compare, reference_check
 
 CHECK_CROPS = 256
 
@@ -99,8 +99,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         logits = np.concatenate(logits)
         res["crop_p_fake"] = [round(float(v), 6) for v in bundle.p_fake(logits)]
 
-    ref_model = reference_model(bundle, backend)
-    if ref_model is not None:
+    res["on_device_parity"] = reference_check(bundle, clf.infer)  # the bundle's own reference crops
+    ref_model = reference_model(bundle, backend) if res["on_device_parity"] is None else None
+    if ref_model is not None:  # a bundle without reference crops: ONNX Runtime on its ONNX is the reference
         if crops is not None and len(crops):
             x = bundle.spec.to_input(np.asarray(crops[:CHECK_CROPS]), "BGR")
             out = logits[:CHECK_CROPS]

@@ -12,16 +12,17 @@ import onnx
 import edgedf
 from edgedf.devices.profiles import TargetProfile, get_profile
 from edgedf.runtime.aggregate import VerdictPolicy
-from edgedf.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, load_bundle
+from edgedf.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, load_bundle, model_bytes
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
+from edgedf.runtime.parity import REFERENCE
 from edgedf.train.checkpoint import Checkpoint, load_checkpoint
 from edgedf.train.vit import count_params, size_bytes
 
 from . import lowering, ptq
 from .calib import crop_source
 from .onnx_export import INPUT, OUTPUT, export_onnx, set_metadata
-from .verify import verify
+from .verify import verify, write_reference
 
 MIN_AGREEMENT = 0.99
 
@@ -137,6 +138,8 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
                     f"{why}: BitNet's per-token absmax int8 activations become static per-tensor Q/DQ with "
                     "calibrated scales"
                 )  # fmt: skip
+            if dev := lowering.deviation(lowering_used, ck.config.dim):
+                deviations.append(dev)
             say(f"lowering TernaryLinear -> {lowering_used}")
             lowered = lowering.lower(canonical, lowering_used, scales)
             set_metadata(lowered, {"edgedf.lowering": lowering_used})
@@ -164,8 +167,9 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
         if backend == "tensorrt" and precision == "fp16":
             deviations.append("fp16 is a TensorRT builder flag: the ONNX is fp32 and parity here is checked in fp32")
 
+        reference = write_reference(tmp / REFERENCE, ck.model, source)  # for the device's own parity check
         files = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        bundle_bytes = sum(f["bytes"] for f in files.values())
+        bundle_bytes = model_bytes(files)  # the model's files; the reference crops are test data
         cfg = ck.config
         fp32_bytes = size_bytes(cfg)["fp32"]
         manifest = {
@@ -214,6 +218,7 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             },
             "deviations": deviations,
             "notes": notes,
+            "reference": reference,
             "parity": None,
         }
         atomic_write_json(tmp / MANIFEST, manifest)

@@ -33,6 +33,10 @@ class CropSource:
 
     def crops(self, n: int, offset: int = 0) -> np.ndarray:
         """n crops as float32 [n, 3, S, S]; `offset` picks a different slice (verification vs calibration)."""
+        return self.spec.to_input(self.images(n, offset), crops_color="BGR")
+
+    def images(self, n: int, offset: int = 0) -> np.ndarray:
+        """The same crops before preprocessing: uint8 BGR [n, S, S, 3]."""
         s = self.spec.input_size
         if self.kind == "random":
             rng = np.random.default_rng(self.seed + offset)
@@ -40,13 +44,12 @@ class CropSource:
             # its own contrast and colour, so that images differ as a whole and not only in their details
             raw = rng.random((n, s // 8, s // 8, 3)) * rng.uniform(0.2, 1.2, (n, 1, 1, 1))
             raw = 255 * np.clip(raw + rng.uniform(0.0, 0.6, (n, 1, 1, 3)), 0, 1)
-            imgs = np.stack([cv2.resize(r.astype(np.uint8), (s, s), interpolation=cv2.INTER_CUBIC) for r in raw])
-            return self.spec.to_input(imgs, crops_color="BGR")
+            return np.stack([cv2.resize(r.astype(np.uint8), (s, s), interpolation=cv2.INTER_CUBIC) for r in raw])
         out = []
         for i in range(n):
             f = self.files[(offset + i) % len(self.files)]
             out.append(load_crop(f, self.spec))
-        return self.spec.to_input(np.stack(out), crops_color="BGR")
+        return np.stack(out)
 
     def batches(self, n: int, batch: int, offset: int = 0) -> Iterator[np.ndarray]:
         for i in range(0, n, batch):

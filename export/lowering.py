@@ -195,6 +195,24 @@ def lower_int8_qdq(node: onnx.NodeProto, ctx: Context) -> list[onnx.NodeProto]:
     ]
 
 
+# What a lowering computes differently from the canonical op (written to the manifest's deviations).
+DEVIATIONS = {
+    "int8-dynamic": (
+        "DynamicQuantizeMatMul re-quantises the (already per-token int8) activations with one dynamic uint8 "
+        "scale per tensor: not BitNet's per-token codes"
+    ),
+    "matmulnbits-2bit": (
+        "MatMulNBits accuracy_level 4 re-quantises the (already per-token int8) activations to int8 per block "
+        "of {bs} inputs before its integer GEMM: codes match BitNet's only where a block holds its token's max"
+    ),
+}
+
+
+def deviation(lowering: str, k: int = 128) -> str | None:
+    text = DEVIATIONS.get(lowering)
+    return text.format(bs=_block_size(k)) if text else None
+
+
 RULES: dict[str, Rule] = {
     "int8-exact": lower_int8_exact,
     "int8-dynamic": lower_int8_dynamic,

@@ -3,6 +3,7 @@ PyTorch, and the agreement is recorded in the manifest (and gates the export).""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 
 from edgedf.runtime.backends import BackendOptions, available, open_session
 from edgedf.runtime.bundle import Bundle
-from edgedf.runtime.parity import compare
+from edgedf.runtime.fsutil import atomic_write_bytes
+from edgedf.runtime.parity import REFERENCE_CROPS, compare, load_reference
 
 from .calib import CropSource
 
@@ -28,30 +30,43 @@ def verification_models(bundle: Bundle) -> dict[str, Path | bytes]:
     return {"ort": expanded if bundle.backend == "tensorrt" else entry, "openvino": expanded}
 
 
+def _run(sess, x: np.ndarray, fixed: int | None, batch: int = 32) -> np.ndarray:
+    """Logits for x in chunks; a fixed-batch model gets its tail padded."""
+    name, step, outs = sess.input_names[0], fixed or batch, []
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        pad = (fixed or len(chunk)) - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+        outs.append(sess.run({name: chunk})[0][: len(chunk) - pad])
+    return np.concatenate(outs)
+
+
 def verify(
     bundle: Bundle, reference: torch.nn.Module, source: CropSource, n: int = 256, batch: int = 32, offset: int = 10_000
 ) -> dict:
+    """Parity of every backend here against PyTorch on n crops, and on the bundle's reference crops (what
+    the device's own check is held to: runtime/parity.py)."""
     x = source.crops(n, offset=offset)
     reference.eval()
     with torch.no_grad():
         ref = torch.cat([reference(torch.from_numpy(x[i : i + batch])) for i in range(0, n, batch)]).numpy()
+    stored = load_reference(bundle)
+    fixed = bundle.manifest.get("input", {}).get("batch")
     results = {}
     for backend, model in verification_models(bundle).items():
         if not available(backend):
             results[backend] = {"status": "not installed"}
             continue
         sess = open_session(model, backend, BackendOptions(precision=bundle.manifest["precision"]))
-        name = sess.input_names[0]
-        fixed = bundle.manifest.get("input", {}).get("batch")
-        step = fixed or batch
-        outs = []
-        for i in range(0, n, step):
-            chunk = x[i : i + step]
-            pad = (fixed or len(chunk)) - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            outs.append(sess.run({name: chunk})[0][: len(chunk) - pad])
-        results[backend] = {"status": "ok", **compare(ref, np.concatenate(outs), bundle.fake_index, bundle.threshold)}
+        results[backend] = {
+            "status": "ok",
+            **compare(ref, _run(sess, x, fixed, batch), bundle.fake_index, bundle.threshold),
+        }
+        if stored is not None:
+            images, logits = stored
+            out = _run(sess, bundle.spec.to_input(images, "BGR"), fixed, batch)
+            results[backend]["reference_crops"] = compare(logits, out, bundle.fake_index, bundle.threshold)
     return {
         "crops": n,
         "source": source.kind,
@@ -59,3 +74,15 @@ def verify(
         "backends": results,
         **({"proxy_for": "tensorrt"} if bundle.backend == "tensorrt" else {}),
     }
+
+
+def write_reference(out: Path, model: torch.nn.Module, source: CropSource, n: int = REFERENCE_CROPS) -> dict:
+    """The bundle's reference crops (uint8, before preprocessing) and PyTorch's logits for them."""
+    images = source.images(n, offset=20_000)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(source.spec.to_input(images, "BGR"))).numpy().astype(np.float32)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images, logits=logits)
+    atomic_write_bytes(out, buf.getvalue())
+    return {"file": out.name, "crops": n, "source": source.kind, "outputs": "pytorch logits (eval)"}

@@ -14,13 +14,17 @@ import numpy as np
 from .aggregate import VerdictPolicy
 from .errors import EdgedfError
 from .fsutil import read_versioned_json, sha256_file
-from .parity import softmax_p
+from .parity import REFERENCE, softmax_p
 from .spec import FaceCropSpec
 
 FORMAT = "edgedf-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED = ("target", "backend", "precision", "entry", "files", "preprocessing", "labels", "threshold", "model")
+
+
+def model_bytes(files: dict[str, dict[str, Any]]) -> int:
+    return sum(int(f.get("bytes", 0)) for name, f in files.items() if name != REFERENCE)
 
 
 @dataclass
@@ -36,6 +40,11 @@ class Bundle:
     @property
     def entry(self) -> Path:
         return self.path / self.manifest["entry"]
+
+    @property
+    def model_bytes(self) -> int:
+        """The size that ships the model: every file but the reference crops (test data, runtime/parity.py)."""
+        return model_bytes(self.manifest["files"])
 
     @property
     def labels(self) -> list[str]:

@@ -88,7 +88,7 @@ def latency(bundle: Path, batch: int = 8, threads: int = 2, runs: int = 30, warm
     clf = open_classifier(b, None, BackendOptions(threads=threads))
     s = b.spec.input_size
     t = bench_latency(clf, (3, s, s), [batch], runs, warmup)[str(batch)]
-    size = sum(f["bytes"] for f in b.manifest["files"].values())
+    size = b.model_bytes
     return {"batch": batch, "threads": threads, "runs": runs, "warmup": warmup, "ms_per_face": t["ms_per_face"],
             "p90_ms_per_face": t["p90_ms"] / batch, "bundle_bytes": size,
             "load_average": os.getloadavg()[0]}  # fmt: skip

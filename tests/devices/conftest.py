@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from devices_helpers import export, labelled_folder, tamper_parity, tiny_checkpoint
+from devices_helpers import export, labelled_folder, tamper_parity, tamper_reference, tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,7 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     }
     out["bad_parity"] = tamper_parity(out["ort_fp32"], root / "bad_parity", 0.9)
     out["no_parity"] = tamper_parity(out["ort_fp32"], root / "no_parity", None)
+    out["bad_reference"] = tamper_reference(out["ort_fp32"], root / "bad_reference")
     return out
 
 

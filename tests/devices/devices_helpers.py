@@ -57,6 +57,21 @@ def tamper_parity(src: Path, out: Path, agreement: float | None) -> Path:
     return out
 
 
+def tamper_reference(src: Path, out: Path) -> Path:
+    """A copy of a bundle whose stored reference logits are swapped between the classes (hash updated), as if
+    this machine's kernels computed something else than the export machine's."""
+    from edgedf.runtime.bundle import file_entry
+
+    shutil.copytree(src, out)
+    with np.load(out / "reference.npz", allow_pickle=False) as z:
+        images, logits = z["images"], z["logits"]
+    np.savez_compressed(out / "reference.npz", images=images, logits=logits[:, ::-1])
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"]["reference.npz"] = file_entry(out / "reference.npz")
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
 def face_images(n: int, variant: str) -> list[np.ndarray]:
     """n astronaut photos, shifted and scaled; variant 'fake' is blurred and colour-shifted (a separable cue)."""
     astro = astronaut_bgr()

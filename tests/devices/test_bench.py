@@ -16,6 +16,7 @@ from edgedf.devices.bench import BenchOptions, bench, parity_verdict
 from edgedf.devices.data import face_crops, list_labelled
 from edgedf.runtime.backends import available, open_classifier
 from edgedf.runtime.bundle import load_bundle
+from edgedf.runtime.parity import STORED
 
 runner = CliRunner()
 ENV = {"COLUMNS": "250"}
@@ -25,7 +26,7 @@ FAST = ["--runs", "3", "--warmup", "1"]
 @pytest.fixture(scope="module")
 def bench_run(bundles, labelled, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_out")
-    names = ["ort_fp32", "cpu_ternary", "jetson_ternary", "bad_parity", "no_parity"]
+    names = ["ort_fp32", "cpu_ternary", "jetson_ternary", "bad_parity", "no_parity", "bad_reference"]
     r = runner.invoke(
         app, ["bench", *(str(bundles[n]) for n in names), "--data", str(labelled), *FAST, "--out", str(out)], env=ENV
     )
@@ -39,9 +40,14 @@ def test_statuses(bench_run):
     rows = {r["bundle"].rsplit("/", 1)[-1]: r for r in result["rows"]}
     assert rows["ort_fp32"]["icon"] == "✅" and rows["ort_fp32"]["backend"] == "ort"
     assert rows["cpu_ternary"]["icon"] == "✅" and rows["cpu_ternary"]["backend"] == "openvino"
-    # OpenVINO reads the ternary bundle's ONNX: checked here against ONNX Runtime on the same crops
-    assert rows["cpu_ternary"]["parity"]["on_device"]["decisive_agreement"] >= 0.99
-    assert rows["cpu_ternary"]["parity"]["on_device"]["source"] == "data"
+    # every bundle is checked here on the reference crops it carries, against the PyTorch logits stored with them
+    for name in ("ort_fp32", "cpu_ternary"):
+        on_device = rows[name]["parity"]["on_device"]
+        assert on_device["reference"] == STORED and on_device["crops"] == 16, on_device
+    assert rows["ort_fp32"]["parity"]["on_device"]["max_abs_dp"] < 1e-4
+    # ... and a machine whose outputs differ from the export machine's fails, whatever was recorded at export
+    assert rows["bad_reference"]["icon"] == "❎" and "on-device parity" in rows["bad_reference"]["reason"]
+    assert "reference crops decided otherwise" in rows["bad_reference"]["reason"]
     if not available("tensorrt"):
         assert rows["jetson_ternary"]["icon"] == "❌"
         assert rows["jetson_ternary"]["reason"] == "tensorrt not installed"
@@ -60,7 +66,7 @@ def test_measurements(bench_run, bundles, labelled):
     assert row["faces_s_b8"] == pytest.approx(8e3 / lat["8"]["median_ms"], rel=1e-3)
     assert row["peak_rss_mb"] > 20  # a Python process with numpy and ONNX Runtime
     b = load_bundle(bundles["ort_fp32"])
-    assert row["size_mb"] == pytest.approx(sum(f["bytes"] for f in b.manifest["files"].values()) / 1e6, abs=1e-3)
+    assert row["size_mb"] == pytest.approx(b.manifest["files"]["model.onnx"]["bytes"] / 1e6, abs=1e-3)
     # frame AUC equals scoring the same aligned crops directly and asking scikit-learn
     fc = face_crops(list_labelled(labelled), b.spec)
     assert len(fc.crops) == 8 and not fc.no_face

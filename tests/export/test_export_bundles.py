@@ -108,7 +108,18 @@ def test_manifest_contents(checkpoints, tmp_path):
     assert any("random images" in n for n in m["notes"])
     on_disk = json.loads((path / "manifest.json").read_text())
     assert on_disk["parity"]["proxy_for"] == "tensorrt"
-    assert set(on_disk["files"]) == {"model.onnx"}
+    assert set(on_disk["files"]) == {"model.onnx", "reference.npz"}
+    # reference crops for the device's own parity check: uint8 crops and PyTorch's logits for them
+    with np.load(path / "reference.npz", allow_pickle=False) as z:
+        images, logits = z["images"], z["logits"]
+    assert images.dtype == np.uint8 and images.shape == (16, 32, 32, 3) and logits.shape == (16, 2)
+    model = load_checkpoint(checkpoints["bit"]).model
+    with torch.no_grad():
+        again = model(torch.from_numpy(load_bundle(path).spec.to_input(images, "BGR"))).numpy()
+    np.testing.assert_allclose(logits, again, rtol=0, atol=1e-5)
+    assert on_disk["reference"]["crops"] == 16
+    assert all("reference_crops" in r for r in on_disk["parity"]["backends"].values() if r["status"] == "ok")
+    assert m["size"]["bundle_bytes"] == on_disk["files"]["model.onnx"]["bytes"]  # the model, not the test crops
     meta = {p.key: p.value for p in onnx.load(str(path / "model.onnx")).metadata_props}
     assert "edgedf.preprocessing" in meta and meta["edgedf.precision"] == "ternary"
 
@@ -214,3 +225,22 @@ def test_qdq_deviation_names_the_backend_it_is_for(checkpoints, tmp_path):
     assert m["lowering"] == "int8-qdq" and m["backend"] == "openvino"
     (dev,) = [d for d in m["deviations"] if "per-token" in d]
     assert dev.startswith("OpenVINO's int8 kernels take static Q/DQ scales") and "TensorRT" not in dev
+
+
+@pytest.mark.parametrize(
+    "target, lowering_name, words",
+    [
+        ("rpi", None, "per block of 32 inputs"),  # the rpi default, MatMulNBits; tiny model: K = 32
+        ("ort", "int8-dynamic", "one dynamic uint8 scale per tensor"),
+        ("ort", None, None),  # int8-exact: BitNet's arithmetic, nothing to declare
+    ],
+)
+def test_lowering_deviations_are_recorded(checkpoints, tmp_path, target, lowering_name, words):
+    _, m = export_bundle(
+        checkpoints["bit"],
+        ExportOptions(target=target, lowering=lowering_name, out=tmp_path / "b", verify_n=8, min_agreement=0.9),
+    )
+    if words is None:
+        assert m["lowering"] == "int8-exact" and m["deviations"] == []
+    else:
+        assert any(words in d for d in m["deviations"]), m["deviations"]
