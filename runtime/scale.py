@@ -136,8 +136,11 @@ def _worker_pipeline(spec: PipelineSpec) -> Pipeline:
 
 
 def _pool_task(spec: PipelineSpec, job: Job, debug: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    pipe = _worker_pipeline(spec)
-    return analyse_source(pipe, job.source, job.annotate, debug=debug), pipe.describe()
+    try:
+        pipe = _worker_pipeline(spec)
+        return analyse_source(pipe, job.source, job.annotate, debug=debug), pipe.describe()
+    except SystemExit as e:  # SIGTERM: unwound (temp files gone); now really leave. concurrent.futures would
+        os._exit(e.code if isinstance(e.code, int) else 143)  # catch SystemExit and wait for the next source
 
 
 def run_pool(spec: PipelineSpec, jobs: Iterable[Job], workers: int, retries: int = 1, debug: bool = False):
@@ -203,8 +206,13 @@ def run_pool(spec: PipelineSpec, jobs: Iterable[Job], workers: int, retries: int
 def _stop(pool: ProcessPoolExecutor) -> None:
     """End a pool now: its surviving workers are terminated and joined (a broken pool's idle survivor
     would otherwise keep the interpreter from exiting)."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
         proc.terminate()
+    for proc in procs:  # a worker blocked on a queue lock that a killed worker held never sees SIGTERM's unwinding
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
