@@ -6,8 +6,8 @@ weights stay 2-bit on disk in every form: where a backend computes in int8, the 
 through `edgedf::UnpackTernary`, which ONNX Runtime constant-folds at session start and which the
 TensorRT loader expands to an int8 initializer before the engine build (runtime/ternary.py).
 
-    int8-exact        ONNX Runtime: per-token int8 codes (uint8 + 128) x ternary int8 weights in
-                      MatMulInteger; int32 accumulation is exact, so this is BitNet's integer arithmetic.
+    int8-exact        ONNX Runtime: per-token int8 codes (uint8 + 128, one QuantizeLinear) x ternary int8
+                      weights in MatMulInteger; int32 accumulation is exact: BitNet's integer arithmetic.
     int8-dynamic      ONNX Runtime: DynamicQuantizeMatMul (per-tensor dynamic uint8 activations).
     matmulnbits-2bit  ONNX Runtime ARM64 / OpenVINO: com.microsoft::MatMulNBits bits=2 on the packed codes
                       (zero point 1, one scale g per block); OpenVINO reads it as u2-compressed weights.
@@ -78,12 +78,27 @@ def _token_scale_nodes(x: str, ctx: Context, base: str) -> tuple[list[onnx.NodeP
     return nodes, amax_c, s, xs
 
 
+def _token_scale_nodes(x: str, ctx: Context, base: str) -> tuple[list[onnx.NodeProto], str, str]:
+    """Per-token absmax scale: returns nodes, s = 127 / max(absmax, eps) and x * s."""
+    n = ctx.name
+    abs_out, amax, amax_c, s, xs = (n(f"{base}_{t}") for t in ("abs", "amax", "amaxc", "s", "xs"))
+    axes = ctx.add(np.array([-1], np.int64), f"{base}_axes")
+    nodes = [
+        oh.make_node("Abs", [x], [abs_out], name=n(base)),
+        oh.make_node("ReduceMax", [abs_out, axes], [amax], keepdims=1, name=n(base)),
+        oh.make_node("Max", [amax, ctx.scalar(EPS, np.float32, "eps")], [amax_c], name=n(base)),
+        oh.make_node("Div", [ctx.scalar(127.0, np.float32, "c127"), amax_c], [s], name=n(base)),
+        oh.make_node("Mul", [x, s], [xs], name=n(base)),
+    ]
+    return nodes, s, xs
+
+
 def _act_quant_nodes(x: str, ctx: Context, base: str) -> tuple[list[onnx.NodeProto], str, str]:
     """Per-token absmax: returns nodes, the rounded codes q (float, in [-127, 127]) and the scale s.
 
     No Clip to [-128, 127] as the canonical op has: |x| <= absmax, so |x * s| <= 127 * (1 + 2^-23)^2 < 127.5
     and Round already lands in [-127, 127]; the Clip never acts."""
-    nodes, _, s, xs = _token_scale_nodes(x, ctx, base)
+    nodes, s, xs = _token_scale_nodes(x, ctx, base)
     q = ctx.name(f"{base}_q")
     nodes.append(oh.make_node("Round", [xs], [q], name=ctx.name(base)))
     return nodes, q, s
@@ -98,25 +113,20 @@ def _node_parts(node: onnx.NodeProto, ctx: Context):
 
 def lower_int8_exact(node: onnx.NodeProto, ctx: Context) -> list[onnx.NodeProto]:
     """uint8 codes in one QuantizeLinear (scale 1, zero point 128: Round half to even, + 128, saturate; x * s
-    is already the scaled value, so this is the canonical Round exactly), MatMulInteger, one fused rescale."""
+    is already the scaled value, so this is the canonical Round exactly), MatMulInteger, then the rescale."""
     x, w_packed, w_scale, bias, _, _ = _node_parts(node, ctx)
     base, n = node.name or "tl", ctx.name
-    nodes, amax_c, _, xs = _token_scale_nodes(x, ctx, base)
+    nodes, s, xs = _token_scale_nodes(x, ctx, base)
     q_u8, w_t, acc, acc_f, ratio, y0 = (n(f"{base}_{t}") for t in ("qu8", "wt", "acc", "accf", "ratio", "y0"))
-    g_over_127 = float(ctx.const(w_scale)) / 127.0
+    azp = ctx.scalar(128, np.uint8, "azp")
     nodes += [
-        oh.make_node(
-            "QuantizeLinear",
-            [xs, ctx.scalar(1.0, np.float32, "one"), ctx.scalar(128, np.uint8, "azp")],
-            [q_u8],
-            name=n(base),
-        ),
+        oh.make_node("QuantizeLinear", [xs, ctx.scalar(1.0, np.float32, "one"), azp], [q_u8], name=n(base)),
         oh.make_node("UnpackTernary", [w_packed], [w_t], domain=DOMAIN, name=n(base)),
-        oh.make_node("MatMulInteger", [q_u8, w_t, ctx.scalar(128, np.uint8, "azp")], [acc], name=n(base)),
+        oh.make_node("MatMulInteger", [q_u8, w_t, azp], [acc], name=n(base)),
         oh.make_node("Cast", [acc], [acc_f], to=TensorProto.FLOAT, name=n(base)),
-        oh.make_node(
-            "Mul", [amax_c, ctx.scalar(g_over_127, np.float32, f"{base}_g127")], [ratio], name=n(base)
-        ),  # g / s
+        # g / s as a Div: written as Mul(absmax, g / 127), ORT's MatMulIntegerToFloat fusion takes the two
+        # factors for its a_scale and b_scale and reads a per-token a_scale as one scalar (wrong results)
+        oh.make_node("Div", [w_scale, s], [ratio], name=n(base)),
         oh.make_node("Mul", [acc_f, ratio], [y0], name=n(base)),
         oh.make_node("Add", [y0, bias], [node.output[0]], name=n(base)),
     ]
