@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
+from onnx import numpy_helper
 
 from edgedf.runtime.errors import EdgedfError
 
@@ -113,21 +113,21 @@ def _node_parts(node: onnx.NodeProto, ctx: Context):
 
 def lower_int8_exact(node: onnx.NodeProto, ctx: Context) -> list[onnx.NodeProto]:
     """uint8 codes in one QuantizeLinear (scale 1, zero point 128: Round half to even, + 128, saturate; x * s
-    is already the scaled value, so this is the canonical Round exactly), MatMulInteger, then the rescale."""
+    is already the scaled value, so this is the canonical Round exactly), then ONNX Runtime's
+    MatMulIntegerToFloat (the int32 GEMM and its scaling by g in one kernel), / s per token, + bias."""
     x, w_packed, w_scale, bias, _, _ = _node_parts(node, ctx)
     base, n = node.name or "tl", ctx.name
     nodes, s, xs = _token_scale_nodes(x, ctx, base)
-    q_u8, w_t, acc, acc_f, ratio, y0 = (n(f"{base}_{t}") for t in ("qu8", "wt", "acc", "accf", "ratio", "y0"))
-    azp = ctx.scalar(128, np.uint8, "azp")
+    q_u8, w_t, y_g, y0 = (n(f"{base}_{t}") for t in ("qu8", "wt", "yg", "y0"))
+    one, azp = ctx.scalar(1.0, np.float32, "one"), ctx.scalar(128, np.uint8, "azp")
     nodes += [
-        oh.make_node("QuantizeLinear", [xs, ctx.scalar(1.0, np.float32, "one"), azp], [q_u8], name=n(base)),
+        oh.make_node("QuantizeLinear", [xs, one, azp], [q_u8], name=n(base)),
         oh.make_node("UnpackTernary", [w_packed], [w_t], domain=DOMAIN, name=n(base)),
-        oh.make_node("MatMulInteger", [q_u8, w_t, azp], [acc], name=n(base)),
-        oh.make_node("Cast", [acc], [acc_f], to=TensorProto.FLOAT, name=n(base)),
-        # g / s as a Div: written as Mul(absmax, g / 127), ORT's MatMulIntegerToFloat fusion takes the two
-        # factors for its a_scale and b_scale and reads a per-token a_scale as one scalar (wrong results)
-        oh.make_node("Div", [w_scale, s], [ratio], name=n(base)),
-        oh.make_node("Mul", [acc_f, ratio], [y0], name=n(base)),
+        # its a_scale is one scalar (1 here): the per-token 1/s comes after, in one Div
+        oh.make_node(
+            "MatMulIntegerToFloat", [q_u8, w_t, one, w_scale, azp], [y_g], domain="com.microsoft", name=n(base)
+        ),
+        oh.make_node("Div", [y_g, s], [y0], name=n(base)),
         oh.make_node("Add", [y0, bias], [node.output[0]], name=n(base)),
     ]
     return nodes

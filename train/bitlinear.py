@@ -92,10 +92,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # sqrt + divide rather than rsqrt: both are correctly rounded in IEEE float32 and export to
-        # ONNX Sqrt/Div, so ONNX Runtime reproduces these values and the int8 codes made from them
+        # sqrt + divide rather than rsqrt: both are correctly rounded in IEEE float32 and export to ONNX
+        # Sqrt/Div. pow(2) (exactly x * x) exports as Pow, the form ONNX Runtime fuses into one
+        # SimplifiedLayerNormalization (and OpenVINO into its RMS op): 5 fewer nodes per BitLinear
         xf = x.float()
-        y = xf / torch.sqrt((xf * xf).mean(-1, keepdim=True) + self.eps)
+        y = xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).to(x.dtype)
 
 

@@ -169,3 +169,18 @@ def test_exact_lowerings_compute_pytorchs_int8_codes_bit_for_bit(canonical, lowe
         want = activation_quant_int8(torch.from_numpy(layer_in))[0].numpy().astype(np.int16)
         got = got.astype(np.int16) - (128 if got.dtype == np.uint8 else 0)
         assert np.array_equal(got, want), int((got != want).sum())
+
+
+def test_int8_exact_after_onnx_runtimes_optimiser(canonical, tmp_path):
+    """What ONNX Runtime runs: each BitLinear's RMSNorm fused into one SimplifiedLayerNormalization, its codes
+    made by one QuantizeLinear, its GEMM and scaling by g in one MatMulIntegerToFloat; no unfused leftovers."""
+    _, proto = canonical
+    lowered = lower(proto, "int8-exact")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(lowered.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    n_linear = len(ternary_nodes(proto))
+    assert ops.count("SimplifiedLayerNormalization") == n_linear
+    assert ops.count("QuantizeLinear") == ops.count("MatMulIntegerToFloat") == n_linear
+    assert not {"MatMulInteger", "Cast", "Round", "Clip", "Pow", "Sqrt"} & set(ops), sorted(set(ops))
