@@ -151,6 +151,8 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             calibration.update(
                 ptq.ort_quantize(canon_path, model_path, source, opts.calib_n, tensorrt=backend == "tensorrt")
             )
+            if backend == "ort":  # reduce_range; TensorRT's GPU kernels have no such limit (full range there)
+                deviations.append(ptq.HALF_RANGE)
         else:
             model_path = canon_path
         if backend == "openvino" and not (precision == "ternary" and lowering_used != "matmulnbits-2bit"):
@@ -158,6 +160,7 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             if precision == "int8-ptq":
                 say(f"NNCF quantisation on {opts.calib_n} crops")
                 calibration.update(ptq.openvino_quantize(canon_path, tmp / entry, source, opts.calib_n))
+                deviations.append(ptq.HALF_RANGE)
             else:
                 _to_openvino(model_path, tmp / entry, fp16=precision == "fp16")
         else:

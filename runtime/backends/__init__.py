@@ -28,6 +28,7 @@ class BackendOptions:
     device: str = ""  # backend-specific: "CPU" for OpenVINO, a CUDA ordinal for TensorRT; "" = default
     cache_dir: Path | None = None  # where compiled engines may be cached (TensorRT)
     precision: str = ""  # the bundle's precision; TensorRT sets its builder flags from it
+    qdq_as_float: bool = False  # ONNX Runtime: run Q/DQ as float maths, not fused x86 int8 kernels (TensorRT proxy)
 
 
 class Session(Protocol):

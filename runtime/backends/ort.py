@@ -20,10 +20,14 @@ def available() -> bool:
 
 
 class OrtSession:
-    def __init__(self, model: Path | bytes, threads: int = 0, providers: list[str] | None = None):
+    def __init__(
+        self, model: Path | bytes, threads: int = 0, providers: list[str] | None = None, qdq_as_float: bool = False
+    ):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        if qdq_as_float:  # DequantizeLinear -> float MatMul: exact int8 products, as a GPU's int32 accumulators give
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
         if threads:
             so.intra_op_num_threads = threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -41,4 +45,4 @@ class OrtSession:
 
 
 def open(model: Path | bytes, options) -> OrtSession:  # noqa: A001 - the backend interface's name
-    return OrtSession(model, threads=options.threads)
+    return OrtSession(model, threads=options.threads, qdq_as_float=options.qdq_as_float)

@@ -244,3 +244,16 @@ def test_lowering_deviations_are_recorded(checkpoints, tmp_path, target, lowerin
         assert m["lowering"] == "int8-exact" and m["deviations"] == []
     else:
         assert any(words in d for d in m["deviations"]), m["deviations"]
+
+
+@pytest.mark.parametrize("target, half_range", [("cpu", True), ("ort", True), ("jetson", False)])
+def test_int8_ptq_weights_fit_cpus_without_vnni(checkpoints, tmp_path, target, half_range):
+    """x86 int8 kernels without VNNI sum u8 x s8 pairs in int16 and saturate on full-range weights: CPU
+    bundles quantise weights to half the range (recorded); TensorRT's GPU kernels keep the full range."""
+    _, m = export_bundle(
+        checkpoints["fp"],
+        ExportOptions(target=target, precision="int8-ptq", out=tmp_path / "b", verify_n=8, calib_n=16),
+    )
+    assert any("half their range" in d for d in m["deviations"]) == half_range, m["deviations"]
+    if target == "cpu":
+        assert m["calibration"]["overflow_fix"] == "enable"
