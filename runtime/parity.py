@@ -1,9 +1,10 @@
 """Parity between two sets of logits for the same crops: one definition for the export gate (export/verify.py)
 and the on-device check of `edgedf bench` (devices/worker.py). numpy only.
 
-Every bundle exported since format 1.x carries `reference.npz`: a few face crops (uint8, before
-preprocessing) and PyTorch's logits for them, so the device that runs the bundle can check its own
-kernels (a Pi's 2-bit MatMulNBits, a Jetson's engine) against the model, not only the export machine's.
+`edgedf export` puts `reference.npz` in every bundle: a few face crops (uint8, before preprocessing) and
+PyTorch's logits for them, so the device that runs the bundle can check its own kernels (a Pi's 2-bit
+MatMulNBits, a Jetson's engine) against the model, not only the export machine's. Bundles exported before
+this have none (optional in the format); the bench then falls back to ONNX Runtime as its reference.
 """
 
 from __future__ import annotations
