@@ -79,11 +79,12 @@ def render(res: dict, out: Path) -> None:
     h, w = res["host"], res["what"]
     doc = Doc("edgedf bench: the default bundle's family on this CPU")
     doc.para(
-        f"{h['cpu']}, {h['cores']} cores, 1-min load average {h.get('loadavg_1m')} when the bench started; "
+        f"{h['cpu']} ({', '.join(h.get('cpu_flags') or []) or 'no AVX2/VNNI flags'}), {h['cores']} cores, "
+        f"1-min load average {h.get('loadavg_1m')} when the bench started; "
         f"onnxruntime {h['backends'].get('ort')}, openvino {h['backends'].get('openvino')}; {res['time']}. "
         "Made by python benchmarks/devices/bench_default_family.py. TensorRT (target jetson): not measured, no "
-        "NVIDIA GPU was available to this run. The machine was shared with training jobs: latency medians are "
-        "indicative, and the wide p90/p99 are that contention, not the backends."
+        "NVIDIA GPU was available to this run. A load average near or above the core count means other work "
+        "shared the machine: medians are then indicative, and wide p90/p99 are that contention."
     )
     doc.heading("What was benched")
     doc.table(["item", "value"], [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in w.items()])
