@@ -63,21 +63,6 @@ class Context:
 Rule = Callable[[onnx.NodeProto, Context], list[onnx.NodeProto]]
 
 
-def _token_scale_nodes(x: str, ctx: Context, base: str) -> tuple[list[onnx.NodeProto], str, str, str]:
-    """Per-token absmax scale: returns nodes, the clamped absmax, s = 127 / absmax and x * s."""
-    n = ctx.name
-    abs_out, amax, amax_c, s, xs = (n(f"{base}_{t}") for t in ("abs", "amax", "amaxc", "s", "xs"))
-    axes = ctx.add(np.array([-1], np.int64), f"{base}_axes")
-    nodes = [
-        oh.make_node("Abs", [x], [abs_out], name=n(base)),
-        oh.make_node("ReduceMax", [abs_out, axes], [amax], keepdims=1, name=n(base)),
-        oh.make_node("Max", [amax, ctx.scalar(EPS, np.float32, "eps")], [amax_c], name=n(base)),
-        oh.make_node("Div", [ctx.scalar(127.0, np.float32, "c127"), amax_c], [s], name=n(base)),
-        oh.make_node("Mul", [x, s], [xs], name=n(base)),
-    ]
-    return nodes, amax_c, s, xs
-
-
 def _token_scale_nodes(x: str, ctx: Context, base: str) -> tuple[list[onnx.NodeProto], str, str]:
     """Per-token absmax scale: returns nodes, s = 127 / max(absmax, eps) and x * s."""
     n = ctx.name
