@@ -168,7 +168,10 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             set_metadata(proto, {"edgedf.precision": precision, "edgedf.target": profile.name})
             _save_onnx(proto, tmp / entry)
         if backend == "tensorrt" and precision == "fp16":
-            deviations.append("fp16 is a TensorRT builder flag: the ONNX is fp32 and parity here is checked in fp32")
+            deviations.append(
+                "fp16 is TensorRT's (a builder flag on TensorRT 10, an fp16 conversion before the build on 11): "
+                "the ONNX is fp32 and parity here is checked in fp32"
+            )
 
         reference = write_reference(tmp / REFERENCE, ck.model, source)  # for the device's own parity check
         files = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -7,7 +7,8 @@ through `edgedf::UnpackTernary`, which ONNX Runtime constant-folds at session st
 TensorRT loader expands to an int8 initializer before the engine build (runtime/ternary.py).
 
     int8-exact        ONNX Runtime: per-token int8 codes (uint8 + 128, one QuantizeLinear) x ternary int8
-                      weights in MatMulInteger; int32 accumulation is exact: BitNet's integer arithmetic.
+                      weights in com.microsoft::MatMulIntegerToFloat; int32 accumulation is exact: BitNet's
+                      integer arithmetic.
     int8-dynamic      ONNX Runtime: DynamicQuantizeMatMul (per-tensor dynamic uint8 activations).
     matmulnbits-2bit  ONNX Runtime ARM64 / OpenVINO: com.microsoft::MatMulNBits bits=2 on the packed codes
                       (zero point 1, one scale g per block); OpenVINO reads it as u2-compressed weights.
