@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedf.runtime.backends import BackendOptions, available, open_classifier, open_session
+from edgedf.runtime.backends import BackendOptions, available, open_classifier, open_session, run_batched
 from edgedf.runtime.bundle import load_bundle
 from edgedf.runtime.fsutil import atomic_write_json
 from edgedf.runtime.parity import compare, reference_check
@@ -111,16 +111,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             out = clf.infer(x)
             source = "random"
         sess = open_session(ref_model, "ort", BackendOptions(threads=threads))
-        name = sess.input_names[0]
-        fixed = bundle.manifest.get("input", {}).get("batch")
-        ref = []
-        for i in range(0, len(x), fixed or 32):
-            chunk = x[i : i + (fixed or 32)]
-            pad = (fixed or len(chunk)) - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            ref.append(sess.run({name: chunk})[0][: len(chunk) - pad])
-        check = agreement(np.concatenate(ref), out, bundle.fake_index, bundle.threshold)
+        ref = run_batched(sess, x, bundle.manifest.get("input", {}).get("batch"), 32)
+        check = agreement(ref, out, bundle.fake_index, bundle.threshold)
         res["on_device_parity"] = {**check, "reference": "onnxruntime on the bundle's ONNX", "source": source}
 
     if job.get("videos"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgedf.runtime.backends import BackendOptions, available, open_session
+from edgedf.runtime.backends import BackendOptions, available, open_session, run_batched
 from edgedf.runtime.bundle import Bundle
 from edgedf.runtime.fsutil import atomic_write_bytes
 from edgedf.runtime.parity import REFERENCE_CROPS, compare, load_reference
@@ -28,18 +28,6 @@ def verification_models(bundle: Bundle) -> dict[str, Path | bytes]:
         return {"openvino": entry}
     expanded = expand_packed_ternary(entry.read_bytes())  # OpenVINO does not inline edgedf functions
     return {"ort": expanded if bundle.backend == "tensorrt" else entry, "openvino": expanded}
-
-
-def _run(sess, x: np.ndarray, fixed: int | None, batch: int = 32) -> np.ndarray:
-    """Logits for x in chunks; a fixed-batch model gets its tail padded."""
-    name, step, outs = sess.input_names[0], fixed or batch, []
-    for i in range(0, len(x), step):
-        chunk = x[i : i + step]
-        pad = (fixed or len(chunk)) - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-        outs.append(sess.run({name: chunk})[0][: len(chunk) - pad])
-    return np.concatenate(outs)
 
 
 def verify(
@@ -64,11 +52,11 @@ def verify(
         sess = open_session(model, backend, BackendOptions(precision=bundle.manifest["precision"], qdq_as_float=proxy))
         results[backend] = {
             "status": "ok",
-            **compare(ref, _run(sess, x, fixed, batch), bundle.fake_index, bundle.threshold),
+            **compare(ref, run_batched(sess, x, fixed, batch), bundle.fake_index, bundle.threshold),
         }
         if stored is not None:
             images, logits = stored
-            out = _run(sess, bundle.spec.to_input(images, "BGR"), fixed, batch)
+            out = run_batched(sess, bundle.spec.to_input(images, "BGR"), fixed, batch)
             results[backend]["reference_crops"] = compare(logits, out, bundle.fake_index, bundle.threshold)
     return {
         "crops": n,

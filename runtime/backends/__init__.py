@@ -60,6 +60,20 @@ def open_session(model: Path | bytes, backend: str, options: BackendOptions | No
     return installed_backend(backend).open(model, options or BackendOptions())
 
 
+def run_batched(session: Session, x: np.ndarray, fixed: int | None = None, batch: int | None = None) -> np.ndarray:
+    """The session's first output for x: in one call, or in chunks of `batch`, or of `fixed` for a fixed-batch
+    model (e.g. a static TensorRT engine), whose last chunk is padded with zeros."""
+    step = int(fixed or batch or max(len(x), 1))
+    name, out = session.input_names[0], []
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        n = len(chunk)
+        if fixed and n < step:
+            chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.float32)])
+        out.append(session.run({name: chunk})[0][:n])
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
 class Classifier:
     """The classifier of a bundle on a backend: infer(float32[N,3,H,W]) -> float32[N,C] logits."""
 
@@ -78,18 +92,7 @@ class Classifier:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4:
             raise EdgedfError(f"classifier input must be [N, 3, H, W], got shape {x.shape}")
-        if not self.fixed_batch:
-            return self.session.run({self.input_name: x})[0].astype(np.float32, copy=False)
-        # fixed-batch model (e.g. a static TensorRT engine): pad the tail, run in chunks
-        b = int(self.fixed_batch)
-        out = []
-        for i in range(0, len(x), b):
-            chunk = x[i : i + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), np.float32)])
-            out.append(self.session.run({self.input_name: chunk})[0][:n])
-        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, 2), np.float32)
+        return run_batched(self.session, x, self.fixed_batch).astype(np.float32, copy=False)
 
     def p_fake(self, batch: np.ndarray) -> np.ndarray:
         return self.bundle.p_fake(self.infer(batch))
