@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgedf.train.bitlinear import EPS
+
 from .calib import CropSource
 
 
@@ -150,7 +152,8 @@ def ternary_act_amax(
 
 
 def per_token_quant(x: np.ndarray) -> np.ndarray:
-    s = np.float32(127.0) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-5))
+    """BitNet's per-token absmax fake quantisation (train.bitlinear.activation_quant) in numpy."""
+    s = np.float32(127.0) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(EPS))
     return np.clip(np.round(x * s), -128, 127) / s
 
 
