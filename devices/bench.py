@@ -96,9 +96,8 @@ class BenchOptions:
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")  # int8 speed
 
 
-def host_info() -> dict[str, Any]:
-    """The machine a figure was measured on: CPU, cores, the SIMD flags int8 speed depends on (VNNI or not
-    changes it a lot), backend versions, load."""
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU's name and which of SIMD_FLAGS it has (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or platform.machine()
     flags: list[str] = []
     try:
@@ -109,6 +108,13 @@ def host_info() -> dict[str, Any]:
                 flags = line.split(":", 1)[1].split()
     except OSError:
         pass
+    return cpu, [f for f in SIMD_FLAGS if f in flags]
+
+
+def host_info() -> dict[str, Any]:
+    """The machine a figure was measured on: CPU, cores, the SIMD flags int8 speed depends on (VNNI or not
+    changes it a lot), backend versions, load."""
+    cpu, flags = cpu_info()
     versions = {}
     for name, mod in (("ort", "onnxruntime"), ("openvino", "openvino"), ("tensorrt", "tensorrt")):
         try:
@@ -121,7 +127,7 @@ def host_info() -> dict[str, Any]:
         "hostname": platform.node(),
         "machine": platform.machine(),
         "cpu": cpu,
-        "cpu_flags": [f for f in SIMD_FLAGS if f in flags],
+        "cpu_flags": flags,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "edgedf": getattr(edgedf, "__version__", None),

@@ -68,6 +68,37 @@ def _precision(ck: Checkpoint, profile: TargetProfile, precision: str | None) ->
     return precision
 
 
+def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list[str]) -> str:
+    """The lowering asked for, or the target's. OpenVINO's int8 kernels need VNNI (or AMX) to beat fp32; on
+    an x86 CPU without them the cpu target takes edgedf's native kernel (exact per-token codes, a ternary
+    GEMM that widens int16 sums only every 256 k) when it can be built here, with a note saying so."""
+    chosen = requested or profile.ternary_lowering
+    if chosen not in lowering.LOWERINGS:
+        raise EdgedfError(f"unknown lowering {chosen!r}; choose one of {', '.join(lowering.LOWERINGS)}")
+    if chosen == lowering.NATIVE and profile.backend != "openvino":
+        raise EdgedfError("--lowering native runs in OpenVINO only (target cpu)")
+    if chosen == lowering.NATIVE:
+        from edgedf.runtime.backends import ov_native
+
+        try:
+            notes.append(f"native ternary kernel built here, {ov_native.cpu_path(ov_native.extension())} path")
+        except EdgedfError as e:
+            notes.append(f"{e}: verified with the ternary layers in stock ops")
+    elif not requested and profile.backend == "openvino":
+        from edgedf.devices.bench import cpu_info
+        from edgedf.runtime.backends import ov_native
+
+        flags = cpu_info()[1]
+        if "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags):
+            try:
+                ov_native.extension()
+                notes.append("no VNNI on the export machine: the cpu target takes the native ternary kernel")
+                return lowering.NATIVE
+            except EdgedfError:
+                pass
+    return chosen
+
+
 def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
     atomic_write_bytes(path, proto.SerializeToString())
 
@@ -102,13 +133,11 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
 
         check_false_alarm(opts.false_alarm)
     source = crop_source(opts.data, ck.spec, opts.fraction, opts.seed)
-    lowering_used = (opts.lowering or profile.ternary_lowering) if precision == "ternary" else None
     if opts.lowering and precision != "ternary":
         raise EdgedfError("--lowering applies to ternary exports only")
-    if lowering_used and lowering_used not in lowering.LOWERINGS:
-        raise EdgedfError(f"unknown lowering {lowering_used!r}; choose one of {', '.join(lowering.LOWERINGS)}")
-    needs_calibration = precision == "int8-ptq" or lowering_used == "int8-qdq"
     notes = list(opts.notes)
+    lowering_used = _ternary_lowering(profile, opts.lowering, notes) if precision == "ternary" else None
+    needs_calibration = precision == "int8-ptq" or lowering_used == "int8-qdq"
     if needs_calibration and source.kind == "random":
         notes.append("calibrated on random images (no --data): int8 ranges may not fit real faces")
 

@@ -14,6 +14,8 @@ TensorRT loader expands to an int8 initializer before the engine build (runtime/
                       (zero point 1, one scale g per block); OpenVINO reads it as u2-compressed weights.
     int8-qdq          TensorRT: static per-tensor activation Q/DQ (scales calibrated on data; TensorRT has
                       no per-token scales) and int8 DequantizeLinear weights holding the exact codes.
+    native            OpenVINO: no rewrite; the canonical node runs in edgedf's own kernel
+                      (runtime/backends/ov_native.py: exact per-token codes, a ternary int8 GEMM).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from edgedf.runtime.errors import EdgedfError
 
 from .ternary_op import DOMAIN, EPS, attach_functions
 
-LOWERINGS = ("int8-exact", "int8-dynamic", "matmulnbits-2bit", "int8-qdq")
+LOWERINGS = ("int8-exact", "int8-dynamic", "matmulnbits-2bit", "int8-qdq", "native")
+NATIVE = "native"
 
 
 @dataclass
@@ -229,6 +232,10 @@ def ternary_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def lower(model: onnx.ModelProto, lowering: str, act_scales: dict[str, float] | None = None) -> onnx.ModelProto:
     """Apply one lowering rule to every TernaryLinear node; returns a new model (the input is untouched)."""
+    if lowering == NATIVE:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
     if lowering not in RULES:
         raise EdgedfError(f"unknown lowering {lowering!r}; choose one of {', '.join(LOWERINGS)}")
     out = onnx.ModelProto()

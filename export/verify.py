@@ -20,14 +20,15 @@ from .calib import CropSource
 def verification_models(bundle: Bundle) -> dict[str, Path | bytes]:
     """backend -> the model it runs here. ONNX runs on ONNX Runtime and OpenVINO; IR on OpenVINO;
     a TensorRT bundle's ONNX (after the same load-time expansion TensorRT gets) on both as a proxy.
-    OpenVINO gets the expanded form (int8 weight constants instead of edgedf::UnpackTernary) too."""
+    OpenVINO gets what its backend loads on a device (openvino.model_for_bundle)."""
+    from edgedf.runtime.backends.openvino import model_for_bundle
     from edgedf.runtime.ternary import expand_packed_ternary
 
     entry = bundle.entry
     if entry.suffix == ".xml":
         return {"openvino": entry}
-    expanded = expand_packed_ternary(entry.read_bytes())  # OpenVINO does not inline edgedf functions
-    return {"ort": expanded if bundle.backend == "tensorrt" else entry, "openvino": expanded}
+    ort_model = expand_packed_ternary(entry.read_bytes()) if bundle.backend == "tensorrt" else entry
+    return {"ort": ort_model, "openvino": model_for_bundle(bundle)}
 
 
 def verify(

@@ -1,8 +1,9 @@
-"""Load-time expansion of 2-bit ternary weights for backends that cannot unpack bits (TensorRT).
+"""Load-time expansion of ternary nodes for backends that cannot run them as they are (TensorRT, OpenVINO).
 
-A bundle keeps ternary weights 2-bit on disk; a graph reads them through `edgedf::UnpackTernary`. Here
-every UnpackTernary node fed by a constant is replaced by the int8 initializer it computes, leaving
-only standard ops. numpy + onnx only (no torch): this runs on the device.
+A bundle keeps ternary weights 2-bit on disk. `expand_packed_ternary`: every `edgedf::UnpackTernary` node
+(lowered graphs) becomes the int8 initializer it computes. `expand_ternary_linear`: every canonical
+`edgedf::TernaryLinear` (OpenVINO `native` bundles where the native kernel cannot be built) becomes its
+arithmetic in stock ops. Only standard ops remain. numpy + onnx only (no torch): this runs on the device.
 
     python -m edgedf.runtime.ternary BUNDLE_OR_ONNX OUT.onnx    # e.g. before trtexec
 """
@@ -10,6 +11,7 @@ only standard ops. numpy + onnx only (no torch): this runs on the device.
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from .errors import EdgedfError
 
 DOMAIN = "edgedf"
+EPS = 1e-5  # train.bitlinear.EPS (the per-token quantiser's floor)
 
 
 def unpack_ternary_np(packed: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -26,26 +29,28 @@ def unpack_ternary_np(packed: np.ndarray, k: int | None = None) -> np.ndarray:
     return codes if k is None else codes[..., :k]
 
 
-def expand_packed_ternary(onnx_bytes: bytes) -> bytes:
+def _load(onnx_bytes: bytes):
     try:
         import onnx
         from onnx import numpy_helper
     except ImportError:
         raise EdgedfError("expanding ternary weights needs the onnx package: pip install onnx") from None
-    model = onnx.load_from_string(onnx_bytes)
-    inits = {i.name: i for i in model.graph.initializer}
+    return onnx, numpy_helper, onnx.load_from_string(onnx_bytes)
+
+
+def _rewrite(onnx_bytes: bytes, rewrite) -> bytes:
+    """Replace edgedf nodes: rewrite(node, constant arrays, helpers) -> (nodes, new initializers); then drop
+    the unused initializers, the edgedf functions and their opset import, so only standard ops remain."""
+    onnx, numpy_helper, model = _load(onnx_bytes)
+    consts = {i.name: i for i in model.graph.initializer}
     keep_nodes, new_inits = [], []
     for node in model.graph.node:
-        if node.domain == DOMAIN and node.op_type == "UnpackTernary":
-            src = inits.get(node.input[0])
-            if src is None:
-                raise EdgedfError(f"UnpackTernary {node.name} is not fed by a constant; cannot expand")
-            codes_t = np.ascontiguousarray(unpack_ternary_np(numpy_helper.to_array(src)).T)
-            new_inits.append(numpy_helper.from_array(codes_t, node.output[0]))
-        else:
-            if node.domain == DOMAIN:
-                raise EdgedfError(f"{node.op_type} nodes must be lowered before a TensorRT build")
+        if node.domain != DOMAIN:
             keep_nodes.append(node)
+            continue
+        nodes, arrays = rewrite(node, partial(_const, numpy_helper, consts, node), onnx.helper)
+        keep_nodes.extend(nodes)
+        new_inits.extend(numpy_helper.from_array(np.asarray(a), name) for name, a in arrays.items())
     del model.graph.node[:]
     model.graph.node.extend(keep_nodes)
     model.graph.initializer.extend(new_inits)
@@ -58,6 +63,58 @@ def expand_packed_ternary(onnx_bytes: bytes) -> bytes:
     del model.opset_import[:]
     model.opset_import.extend(keep_ops)
     return model.SerializeToString()
+
+
+def _const(numpy_helper, consts, node, name: str) -> np.ndarray:
+    if name not in consts:
+        raise EdgedfError(f"{node.op_type} {node.name} is not fed by a constant; cannot expand")
+    return numpy_helper.to_array(consts[name])
+
+
+def expand_packed_ternary(onnx_bytes: bytes) -> bytes:
+    """Every UnpackTernary becomes the int8 initializer it computes (for TensorRT and OpenVINO)."""
+
+    def rewrite(node, const, helper):
+        if node.op_type != "UnpackTernary":
+            raise EdgedfError(f"{node.op_type} nodes must be lowered before a TensorRT build")
+        return [], {node.output[0]: np.ascontiguousarray(unpack_ternary_np(const(node.input[0])).T)}
+
+    return _rewrite(onnx_bytes, rewrite)
+
+
+def expand_ternary_linear(onnx_bytes: bytes) -> bytes:
+    """The canonical TernaryLinear in stock ops, for OpenVINO where the native kernel cannot be built:
+    the same per-token codes (Round(x * s), s = 127 / max(absmax, eps)) and a float MatMul with the ternary
+    weights times g (exact in float32), plus the bias. About fp32 speed; the 2-bit file stays as it is."""
+
+    def rewrite(node, const, helper):
+        if node.op_type != "TernaryLinear":
+            raise EdgedfError(f"cannot expand {node.op_type} nodes")
+        x, w_packed, w_scale, bias = node.input
+        w_t = (unpack_ternary_np(const(w_packed)).astype(np.float32) * const(w_scale).astype(np.float32)).T
+        t = {k: f"{node.output[0]}__{k}" for k in ("abs", "amax", "amaxc", "s", "xs", "q", "xq", "mm", "w", "axes")}
+        t.update(eps=f"{node.output[0]}__eps", c127=f"{node.output[0]}__c127")
+        mk = helper.make_node
+        nodes = [
+            mk("Abs", [x], [t["abs"]]),
+            mk("ReduceMax", [t["abs"], t["axes"]], [t["amax"]], keepdims=1),
+            mk("Max", [t["amax"], t["eps"]], [t["amaxc"]]),
+            mk("Div", [t["c127"], t["amaxc"]], [t["s"]]),
+            mk("Mul", [x, t["s"]], [t["xs"]]),
+            mk("Round", [t["xs"]], [t["q"]]),  # |x * s| < 127.5: the canonical Clip never acts
+            mk("Div", [t["q"], t["s"]], [t["xq"]]),
+            mk("MatMul", [t["xq"], t["w"]], [t["mm"]]),
+            mk("Add", [t["mm"], bias], list(node.output)),
+        ]
+        arrays = {
+            t["w"]: np.ascontiguousarray(w_t),
+            t["axes"]: np.array([-1], np.int64),
+            t["eps"]: np.array(EPS, np.float32),
+            t["c127"]: np.array(127.0, np.float32),
+        }
+        return nodes, arrays
+
+    return _rewrite(onnx_bytes, rewrite)
 
 
 def main(argv: list[str] | None = None) -> int:

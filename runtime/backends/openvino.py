@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,15 @@ def available() -> bool:
 
 
 class OpenVinoSession:
-    def __init__(self, model: Path | bytes, threads: int = 0, device: str = ""):
+    def __init__(self, model: Path | bytes, threads: int = 0, device: str = "", extensions: tuple[Path, ...] = ()):
         import openvino as ov
 
         core = ov.Core()
         try:
+            for ext in extensions:
+                core.add_extension(str(ext))
             if isinstance(model, bytes):
-                m = core.read_model(model=model, weights=ov.Tensor(np.empty(0, np.uint8)))
+                m = core.read_model(model=bytes(model), weights=ov.Tensor(np.empty(0, np.uint8)))
             else:
                 m = core.read_model(str(model))
             config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
@@ -49,15 +52,45 @@ class OpenVinoSession:
         return [np.asarray(res[o]) for o in self._compiled.outputs]
 
 
+class NativeModel(bytes):
+    """The canonical ONNX of a `native` bundle, with the extension that runs its TernaryLinear nodes."""
+
+    extension: Path
+
+
 def model_for_bundle(bundle) -> Path | bytes:
-    """IR files load as they are; an ONNX entry (a ternary bundle lowered to int8 Q/DQ) keeps its weights
-    2-bit on disk and is expanded to int8 here: OpenVINO does not run edgedf's UnpackTernary function."""
+    """IR files load as they are. An ONNX entry keeps its ternary weights 2-bit on disk:
+    - lowered to int8 Q/DQ: expanded to int8 here (OpenVINO does not run edgedf's UnpackTernary function);
+    - `native` (the canonical graph): run by edgedf's kernel (ov_native), built on first use; where it cannot
+      be built, the same arithmetic in stock ops (slower; a code on a .5 boundary may round the other way),
+      with one line on stderr saying why."""
     if bundle.entry.suffix != ".onnx":
         return bundle.entry
-    from ..ternary import expand_packed_ternary
+    from .. import ternary
 
-    return expand_packed_ternary(bundle.entry.read_bytes())
+    data = bundle.entry.read_bytes()
+    if bundle.manifest.get("lowering") != "native":
+        return ternary.expand_packed_ternary(data)
+    from . import ov_native
+
+    try:
+        model = NativeModel(data)
+        model.extension = ov_native.extension()
+        return model
+    except EdgedfError as e:
+        _warn_once(f"edgedf: {e}; running the ternary layers in stock OpenVINO ops (about fp32 speed)")
+        return ternary.expand_ternary_linear(data)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        print(msg, file=sys.stderr)
 
 
 def open(model: Path | bytes, options) -> OpenVinoSession:  # noqa: A001
-    return OpenVinoSession(model, threads=options.threads, device=options.device)
+    ext = getattr(model, "extension", None)
+    return OpenVinoSession(model, threads=options.threads, device=options.device, extensions=(ext,) if ext else ())

@@ -202,9 +202,11 @@ def test_export_cli_summary(checkpoints, tmp_path):
 
 
 def test_openvino_ternary_forms(checkpoints, tmp_path):
-    # default: int8 Q/DQ ONNX with 2-bit weights, expanded to int8 when OpenVINO loads it
+    # int8 Q/DQ ONNX with 2-bit weights, expanded to int8 when OpenVINO loads it (the default where the CPU has
+    # VNNI; without it the default is the native kernel: test_ov_native.py)
     path, m = export_bundle(
-        checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "a", verify_n=32, min_agreement=0.9)
+        checkpoints["bit"],
+        ExportOptions(target="cpu", out=tmp_path / "a", verify_n=32, min_agreement=0.9, lowering="int8-qdq"),
     )
     assert m["entry"] == "model.onnx" and m["lowering"] == "int8-qdq"
     graph = onnx.load(str(path / "model.onnx")).graph
@@ -221,7 +223,8 @@ def test_openvino_ternary_forms(checkpoints, tmp_path):
 
 def test_qdq_deviation_names_the_backend_it_is_for(checkpoints, tmp_path):
     """The static-scale deviation says why for the backend the bundle is for, not TensorRT on OpenVINO."""
-    _, m = export_bundle(checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "b", verify_n=8, calib_n=16))
+    opts = ExportOptions(target="cpu", out=tmp_path / "b", verify_n=8, calib_n=16, lowering="int8-qdq")
+    _, m = export_bundle(checkpoints["bit"], opts)
     assert m["lowering"] == "int8-qdq" and m["backend"] == "openvino"
     (dev,) = [d for d in m["deviations"] if "per-token" in d]
     assert dev.startswith("OpenVINO's int8 kernels take static Q/DQ scales") and "TensorRT" not in dev

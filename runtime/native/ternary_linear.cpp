@@ -1,0 +1,412 @@
+// edgedf::TernaryLinear as a native OpenVINO CPU op (runtime/backends/ov_native.py builds and loads it).
+//
+//   y = (Round(x * s) / s) @ (c * g)^T + bias,   s = 127 / max(max|x| over K, 1e-5),   c in {-1, 0, +1}
+//
+// computed as BitNet's integer arithmetic, exactly as the ONNX Runtime `int8-exact` lowering does:
+//   q   = Round(x * s)                   float32 product, round half to even: PyTorch's int8 codes
+//   acc = sum_k (q + 128) * c - 128 * sum_k c      int32, exact
+//   y   = float(acc) * g / s + bias      the same three float operations, in the same order
+//
+// The GEMM multiplies unsigned activation bytes (q + 128, in [1, 255]) by signed ternary bytes. The weights
+// are re-laid out once per layer in blocks of 16 output columns x 4 k: [N/16][K/4][16][4], so that one
+// broadcast 4-byte group of an activation row meets 16 columns at once (no horizontal sums).
+//   AVX-512 VNNI: vpdpbusd accumulates the 4 products straight into int32.
+//   AVX2 (no VNNI): vpmaddubsw gives pair sums in int16. A plain int8 GEMM must widen after every step
+//     (pairs of 255 * 127 can reach 64770 and saturate); with |c| <= 1 a pair sum is at most 510, so 64 steps
+//     (256 k values) accumulate in int16 before one vpmaddwd widens them: 2 instructions per step, not 3.
+//   scalar: anything else (and the reference the SIMD paths are tested against).
+// The path is chosen at run time from the CPU; EDGEDF_TERNARY_ISA=avx512|avx2|scalar forces one (tests).
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "openvino/core/extension.hpp"
+#include "openvino/core/op_extension.hpp"
+#include "openvino/core/parallel.hpp"
+#include "openvino/frontend/onnx/extension/conversion.hpp"
+#include "openvino/frontend/node_context.hpp"
+#include "openvino/op/constant.hpp"
+#include "openvino/op/op.hpp"
+
+namespace edgedf {
+
+constexpr float kEps = 1e-5f;  // train.bitlinear.EPS
+constexpr int kBlock = 16;      // output columns per weight block
+
+enum class Isa { scalar, avx2, avx512 };
+
+static Isa detect_isa() {
+    if (const char* forced = std::getenv("EDGEDF_TERNARY_ISA")) {
+        std::string f(forced);
+        if (f == "scalar") return Isa::scalar;
+        if (f == "avx2") return __builtin_cpu_supports("avx2") ? Isa::avx2 : Isa::scalar;
+        if (f == "avx512")
+            return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") ? Isa::avx512
+                                                                                               : Isa::scalar;
+    }
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) return Isa::avx512;
+    if (__builtin_cpu_supports("avx2")) return Isa::avx2;
+    return Isa::scalar;
+}
+
+static const char* isa_name(Isa isa) {
+    return isa == Isa::avx512 ? "avx512-vnni" : isa == Isa::avx2 ? "avx2" : "scalar";
+}
+
+// Weights re-laid out for the kernels: codes [Nb][K4][16][4] int8 (zero padded) and per-column sums.
+struct Packed {
+    int64_t n = 0, k = 0, nb = 0, k4 = 0;
+    std::vector<int8_t> w;
+    std::vector<int32_t> colsum;  // sum_k c[n][k], padded to nb * 16
+};
+
+static std::shared_ptr<Packed> pack(const uint8_t* packed, int64_t n, int64_t k) {
+    auto p = std::make_shared<Packed>();
+    p->n = n;
+    p->k = k;
+    p->nb = (n + kBlock - 1) / kBlock;
+    p->k4 = (k + 3) / 4;
+    p->w.assign(static_cast<size_t>(p->nb * p->k4 * kBlock * 4), 0);
+    p->colsum.assign(static_cast<size_t>(p->nb * kBlock), 0);
+    const int64_t row_bytes = (k + 3) / 4;  // the canonical packing: 4 codes per byte, c + 1 in 2 bits
+    for (int64_t j = 0; j < n; ++j) {
+        for (int64_t i = 0; i < k; ++i) {
+            const int code = ((packed[j * row_bytes + i / 4] >> (2 * (i % 4))) & 3) - 1;
+            p->w[((j / kBlock * p->k4 + i / 4) * kBlock + j % kBlock) * 4 + i % 4] = static_cast<int8_t>(code);
+            p->colsum[j] += code;
+        }
+    }
+    return p;
+}
+
+// Per-token codes: a[m][0..4*k4) = Round(x * s) + 128 as bytes (the K padding is 128, which meets zero
+// weights), and s[m]. Round is the CPU's round-half-to-even (cvtps2dq / nearbyint in the default mode).
+static void quantize_rows_scalar(const float* x, int64_t m0, int64_t m1, int64_t k, int64_t k4, uint8_t* a,
+                                 float* s) {
+    for (int64_t m = m0; m < m1; ++m) {
+        const float* xr = x + m * k;
+        float amax = 0.f;
+        for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(xr[i]));
+        const float sm = 127.0f / std::max(amax, kEps);
+        s[m] = sm;
+        uint8_t* ar = a + m * k4 * 4;
+        for (int64_t i = 0; i < k; ++i) ar[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(xr[i] * sm)) + 128);
+        for (int64_t i = k; i < k4 * 4; ++i) ar[i] = 128;
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(const float* x, int64_t m0, int64_t m1,
+                                                                             int64_t k, int64_t k4, uint8_t* a,
+                                                                             float* s) {
+    const __m512i off = _mm512_set1_epi32(128);
+    for (int64_t m = m0; m < m1; ++m) {
+        const float* xr = x + m * k;
+        __m512 vmax = _mm512_setzero_ps();
+        for (int64_t i = 0; i < k; i += 16) {
+            const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, xr + i)));
+        }
+        const float sm = 127.0f / std::max(_mm512_reduce_max_ps(vmax), kEps);
+        s[m] = sm;
+        const __m512 sv = _mm512_set1_ps(sm);
+        uint8_t* ar = a + m * k4 * 4;
+        for (int64_t i = 0; i < k; i += 16) {
+            const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
+            const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), sv)), off);
+            _mm512_mask_cvtepi32_storeu_epi8(ar + i, mk, q);
+        }
+        for (int64_t i = k; i < k4 * 4; ++i) ar[i] = 128;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void quantize_rows_avx2(const float* x, int64_t m0, int64_t m1, int64_t k,
+                                                                   int64_t k4, uint8_t* a, float* s) {
+    const __m256i off = _mm256_set1_epi32(128);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    // the low byte of each int32, gathered into the first 4 bytes of each 128-bit lane
+    const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8,
+                                               12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i lanes = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+    for (int64_t m = m0; m < m1; ++m) {
+        const float* xr = x + m * k;
+        const int64_t k8 = k / 8 * 8;
+        __m256 vmax = _mm256_setzero_ps();
+        for (int64_t i = 0; i < k8; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + i)));
+        alignas(32) float lanes_max[8];
+        _mm256_store_ps(lanes_max, vmax);
+        float amax = 0.f;
+        for (float v : lanes_max) amax = std::max(amax, v);
+        for (int64_t i = k8; i < k; ++i) amax = std::max(amax, std::fabs(xr[i]));
+        const float sm = 127.0f / std::max(amax, kEps);
+        s[m] = sm;
+        const __m256 sv = _mm256_set1_ps(sm);
+        uint8_t* ar = a + m * k4 * 4;
+        for (int64_t i = 0; i < k8; i += 8) {
+            const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i), sv)), off);
+            const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(q, low_bytes), lanes);
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(ar + i), _mm256_castsi256_si128(packed));
+        }
+        for (int64_t i = k8; i < k; ++i) ar[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(xr[i] * sm)) + 128);
+        for (int64_t i = k; i < k4 * 4; ++i) ar[i] = 128;
+    }
+}
+#endif
+
+static void quantize_rows(Isa isa, const float* x, int64_t m0, int64_t m1, int64_t k, int64_t k4, uint8_t* a,
+                          float* s) {
+#if defined(__x86_64__)
+    if (isa == Isa::avx512) return quantize_rows_avx512(x, m0, m1, k, k4, a, s);
+    if (isa == Isa::avx2) return quantize_rows_avx2(x, m0, m1, k, k4, a, s);
+#endif
+    quantize_rows_scalar(x, m0, m1, k, k4, a, s);
+}
+
+static inline float epilogue(int32_t acc_u, int32_t colsum, float g, float s, float b) {
+    return static_cast<float>(acc_u - 128 * colsum) * g / s + b;
+}
+
+static void gemm_scalar(const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
+                        int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+        const uint8_t* ar = a + m * p.k4 * 4;
+        for (int64_t nb = 0; nb < p.nb; ++nb) {
+            int32_t acc[kBlock] = {0};
+            const int8_t* wb = p.w.data() + nb * p.k4 * kBlock * 4;
+            for (int64_t q = 0; q < p.k4; ++q)
+                for (int c = 0; c < kBlock; ++c)
+                    for (int t = 0; t < 4; ++t) acc[c] += ar[q * 4 + t] * wb[(q * kBlock + c) * 4 + t];
+            for (int c = 0; c < kBlock; ++c) {
+                const int64_t n = nb * kBlock + c;
+                if (n < p.n) y[m * p.n + n] = epilogue(acc[c], p.colsum[n], g, s[m], bias[n]);
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+// MR rows x NB 16-column blocks per call; the accumulators stay in registers (fully unrolled loops).
+template <int MR, int NB>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(const Packed& p, const uint8_t* a,
+                                                                                 const float* s, float g,
+                                                                                 const float* bias, float* y,
+                                                                                 int64_t m, int64_t nb) {
+    __m512i acc[MR][NB];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
+    const int64_t wstride = p.k4 * kBlock * 4;  // bytes per 16-column block
+    const int8_t* wb = p.w.data() + nb * wstride;
+    const int64_t lda = p.k4 * 4;
+    const uint8_t* ar = a + m * lda;
+    for (int64_t q = 0; q < p.k4; ++q) {
+        __m512i w[NB];
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; ++b) w[b] = _mm512_loadu_si512(wb + b * wstride + q * kBlock * 4);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const __m512i av = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ar + r * lda + q * 4));
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], av, w[b]);
+        }
+    }
+    const __m512 gv = _mm512_set1_ps(g);
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; ++b) {
+        const int64_t n0 = (nb + b) * kBlock;
+        if (n0 >= p.n) break;
+        const __mmask16 mask = static_cast<__mmask16>(p.n - n0 >= kBlock ? 0xFFFF : (1u << (p.n - n0)) - 1);
+        const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(p.colsum.data() + n0), 7);  // 128 * colsum
+        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + n0);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr));
+            const __m512 out = _mm512_add_ps(_mm512_div_ps(_mm512_mul_ps(v, gv), _mm512_set1_ps(s[m + r])), bv);
+            _mm512_mask_storeu_ps(y + (m + r) * p.n + n0, mask, out);
+        }
+    }
+}
+
+// MR rows x one 16-column block (two ymm halves: columns 0-7 and 8-15).
+template <int MR>
+__attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const uint8_t* a, const float* s, float g,
+                                                          const float* bias, float* y, int64_t m, int64_t nb) {
+    __m256i acc[MR][2], acc16[MR][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) acc[r][h] = acc16[r][h] = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t* wb = p.w.data() + nb * p.k4 * kBlock * 4;
+    const int64_t lda = p.k4 * 4;
+    const uint8_t* ar = a + m * lda;
+    constexpr int64_t kSteps16 = 64;  // 64 pair sums of at most 510 fit int16 (32640 <= 32767)
+    for (int64_t q0 = 0; q0 < p.k4; q0 += kSteps16) {
+        const int64_t q1 = std::min(p.k4, q0 + kSteps16);
+        for (int64_t q = q0; q < q1; ++q) {
+            const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * kBlock * 4));
+            const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * kBlock * 4 + 32));
+#pragma GCC unroll 16
+            for (int r = 0; r < MR; ++r) {
+                const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ar + r * lda + q * 4));
+                acc16[r][0] = _mm256_add_epi16(acc16[r][0], _mm256_maddubs_epi16(av, w0));
+                acc16[r][1] = _mm256_add_epi16(acc16[r][1], _mm256_maddubs_epi16(av, w1));
+            }
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; ++h) {
+                acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(acc16[r][h], ones));
+                acc16[r][h] = _mm256_setzero_si256();
+            }
+    }
+    const int64_t n0 = nb * kBlock;
+    const __m256 gv = _mm256_set1_ps(g);
+    for (int r = 0; r < MR; ++r) {
+        const __m256 sv = _mm256_set1_ps(s[m + r]);
+        for (int h = 0; h < 2; ++h) {
+            const int64_t nh = n0 + 8 * h;
+            if (nh >= p.n) break;
+            const __m256i corr = _mm256_slli_epi32(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.colsum.data() + nh)), 7);
+            const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], corr));
+            const __m256 prod = _mm256_div_ps(_mm256_mul_ps(v, gv), sv);
+            if (p.n - nh >= 8) {
+                _mm256_storeu_ps(y + (m + r) * p.n + nh, _mm256_add_ps(prod, _mm256_loadu_ps(bias + nh)));
+            } else {
+                alignas(32) float tmp[8];
+                _mm256_store_ps(tmp, prod);
+                for (int64_t c = 0; c < p.n - nh; ++c) y[(m + r) * p.n + nh + c] = tmp[c] + bias[nh + c];
+            }
+        }
+    }
+}
+
+template <int MR>
+static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
+                 int64_t m, int64_t nb) {
+    if (isa == Isa::avx512) {
+        if (nb + 1 < p.nb)
+            tile_avx512<MR, 2>(p, a, s, g, bias, y, m, nb);
+        else
+            tile_avx512<MR, 1>(p, a, s, g, bias, y, m, nb);
+    } else {
+        tile_avx2<MR>(p, a, s, g, bias, y, m, nb);
+        if (nb + 1 < p.nb) tile_avx2<MR>(p, a, s, g, bias, y, m, nb + 1);
+    }
+}
+#endif
+
+constexpr int kMR = 6;  // rows per tile
+
+static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
+                 int64_t m0, int64_t m1) {
+#if defined(__x86_64__)
+    if (isa != Isa::scalar) {
+        for (int64_t nb = 0; nb < p.nb; nb += 2) {
+            int64_t m = m0;
+            for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, s, g, bias, y, m, nb);
+            for (; m < m1; ++m) tile<1>(isa, p, a, s, g, bias, y, m, nb);
+        }
+        return;
+    }
+#endif
+    gemm_scalar(p, a, s, g, bias, y, m0, m1);
+}
+
+class TernaryLinear : public ov::op::Op {
+public:
+    OPENVINO_OP("TernaryLinear", "edgedf");
+
+    TernaryLinear() = default;
+    explicit TernaryLinear(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 4, "TernaryLinear takes x, w_packed, w_scale, bias");
+        NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32, "x must be float32");
+        NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::u8, "w_packed must be uint8");
+        const auto& ws = get_input_partial_shape(1);
+        auto out = get_input_partial_shape(0);
+        if (out.rank().is_static() && ws.rank().is_static() && ws.rank().get_length() == 2)
+            out[out.rank().get_length() - 1] = ws[0];
+        set_output_type(0, ov::element::f32, out);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<TernaryLinear>(args);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Tensor& x = inputs[0];
+        const ov::Shape xs = x.get_shape();
+        const ov::Shape ws = inputs[1].get_shape();
+        const int64_t k = static_cast<int64_t>(xs.back());
+        const int64_t n = static_cast<int64_t>(ws[0]);
+        OPENVINO_ASSERT(static_cast<int64_t>(ws[1]) == (k + 3) / 4, "TernaryLinear: w_packed does not match K");
+        const std::shared_ptr<Packed> p = packed_weights(inputs[1], n, k);
+        const float g = *inputs[2].data<const float>();
+        const float* bias = inputs[3].data<const float>();
+        const int64_t rows = static_cast<int64_t>(ov::shape_size(xs)) / std::max<int64_t>(k, 1);
+        ov::Shape ys = xs;
+        ys.back() = static_cast<size_t>(n);
+        outputs[0].set_shape(ys);
+        float* y = outputs[0].data<float>();
+        const float* xd = x.data<const float>();
+        std::vector<uint8_t> a(static_cast<size_t>(rows * p->k4 * 4));
+        std::vector<float> s(static_cast<size_t>(rows));
+        const Isa isa = active_isa();
+        constexpr int64_t kRowsPerTask = 48;
+        const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+        ov::parallel_for(tasks, [&](int64_t t) {
+            const int64_t m0 = t * kRowsPerTask, m1 = std::min(rows, m0 + kRowsPerTask);
+            quantize_rows(isa, xd, m0, m1, k, p->k4, a.data(), s.data());
+            gemm(isa, *p, a.data(), s.data(), g, bias, y, m0, m1);
+        });
+        return true;
+    }
+
+    static Isa active_isa() {
+        static const Isa isa = detect_isa();
+        return isa;
+    }
+
+private:
+    // Constant weights are re-laid out once; anything else (never in an exported bundle) on every call.
+    std::shared_ptr<Packed> packed_weights(const ov::Tensor& w, int64_t n, int64_t k) const {
+        const bool constant = ov::as_type_ptr<ov::op::v0::Constant>(input_value(1).get_node_shared_ptr()) != nullptr;
+        if (!constant) return pack(w.data<const uint8_t>(), n, k);
+        std::call_once(*packed_once_, [&] { *packed_ = pack(w.data<const uint8_t>(), n, k); });
+        return *packed_;
+    }
+    std::shared_ptr<std::once_flag> packed_once_ = std::make_shared<std::once_flag>();
+    std::shared_ptr<std::shared_ptr<Packed>> packed_ = std::make_shared<std::shared_ptr<Packed>>();
+};
+
+}  // namespace edgedf
+
+extern "C" OPENVINO_EXTENSION_C_API const char* edgedf_ternary_isa() {
+    return edgedf::isa_name(edgedf::TernaryLinear::active_isa());
+}
+
+OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
+    {std::make_shared<ov::OpExtension<edgedf::TernaryLinear>>(),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>(
+         "TernaryLinear", "edgedf", [](const ov::frontend::NodeContext& node) -> ov::OutputVector {
+             ov::OutputVector args;
+             for (size_t i = 0; i < node.get_input_size(); ++i) args.push_back(node.get_input(static_cast<int>(i)));
+             return {std::make_shared<edgedf::TernaryLinear>(args)};
+         })}));

@@ -1,0 +1,214 @@
+"""edgedf's native TernaryLinear kernel for OpenVINO (runtime/native/ternary_linear.cpp, runtime/backends/ov_native.py):
+built here with the C++ compiler against the installed OpenVINO, checked bit for bit on every CPU path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+from onnx import helper as oh
+
+from edgedf.export import api as export_api
+from edgedf.export.api import ExportOptions, export_bundle
+from edgedf.runtime.backends import BackendOptions, open_classifier, open_session, ov_native
+from edgedf.runtime.backends import openvino as ov_backend
+from edgedf.runtime.bundle import load_bundle
+from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.ternary import EPS, expand_ternary_linear
+from edgedf.train.bitlinear import EPS as TRAIN_EPS
+from edgedf.train.bitlinear import activation_quant_int8, pack_ternary
+
+pytest.importorskip("openvino")
+if ov_native._compiler() is None:
+    pytest.skip("no C++ compiler to build the native kernel", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    os.environ["EDGEDF_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    ov_native.extension.cache_clear()
+    path = ov_native.extension()
+    yield path
+    ov_native.extension.cache_clear()
+
+
+def _cases():
+    """(x [M, K], codes [N, K], g, bias [N]): tails in M, K and N, codes on .5 boundaries, and the worst case
+    for int16 pair sums (every activation code 127 against every weight +1, K = 1024: 4 widening rounds)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for m, k, n in ((13, 44, 40), (50, 384, 96), (7, 1540, 33)):
+        x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.01, 30, (m, 1)).astype(np.float32)
+        x[:, 1] = np.abs(x).max(1) * (np.arange(m) + 0.5) / 127  # x * s lands on .5 (up to rounding)
+        codes = rng.integers(-1, 2, (n, k))
+        out.append((x, codes, np.float32(rng.uniform(0.01, 0.1)), rng.standard_normal(n).astype(np.float32)))
+    k = 1024
+    for sign in (1, -1):
+        x = np.full((6, k), sign * 0.7, np.float32)
+        out.append((x, np.full((20, k), sign), np.float32(0.05), np.zeros(20, np.float32)))
+    return out
+
+
+def _reference(x, codes, g, bias):
+    """BitNet's integer arithmetic from PyTorch's own codes: exact int64 sums, then float32 * g / s + bias."""
+    q, s = activation_quant_int8(torch.from_numpy(x))
+    acc = q.numpy().astype(np.int64) @ codes.T.astype(np.int64)
+    return (acc.astype(np.float32) * g) / s.numpy() + bias
+
+
+def _one_node_model(codes, g, bias, k):
+    node = oh.make_node("TernaryLinear", ["x", "w", "g", "b"], ["y"], domain="edgedf")
+    inits = [
+        numpy_helper.from_array(pack_ternary(torch.from_numpy(codes)).numpy(), "w"),
+        numpy_helper.from_array(np.asarray(g, np.float32), "g"),
+        numpy_helper.from_array(bias, "b"),
+    ]
+    graph = oh.make_graph(
+        [node],
+        "t",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["m", len(bias)])],
+        initializer=inits,
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("edgedf", 1)])
+
+
+RUN_ONE = """
+import sys, numpy as np
+from edgedf.runtime.backends.openvino import OpenVinoSession
+from edgedf.runtime.backends.ov_native import cpu_path
+lib, model, x, out = sys.argv[1:]
+s = OpenVinoSession(open(model, 'rb').read(), threads=2, extensions=(lib,))
+np.save(out, s.run({'x': np.load(x)})[0])
+print(cpu_path(lib))
+"""
+
+
+def _cpu_paths():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    paths = ["scalar"]
+    if " avx2" in flags:
+        paths.append("avx2")
+    if " avx512_vnni" in flags and " avx512bw" in flags:
+        paths.append("avx512")
+    return paths
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_native_kernel_is_bit_exact_on_every_cpu_path(lib, tmp_path, isa):
+    # each path in its own process: the kernel picks its path once per process (EDGEDF_TERNARY_ISA forces one)
+    env = {**os.environ, "EDGEDF_TERNARY_ISA": isa}
+    for i, (x, codes, g, bias) in enumerate(_cases()):
+        model, xin, out = tmp_path / f"m{i}.onnx", tmp_path / f"x{i}.npy", tmp_path / f"y{i}.npy"
+        model.write_bytes(_one_node_model(codes, g, bias, x.shape[1]).SerializeToString())
+        np.save(xin, x)
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN_ONE, str(lib), str(model), str(xin), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni"}.get(isa, isa)
+        y, ref = np.load(out), _reference(x, codes, g, bias)
+        assert y.shape == ref.shape
+        assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
+
+
+def test_stock_op_fallback_matches_the_kernel(lib):
+    # OpenVINO turns the stock form's 127 / absmax into a reciprocal multiply, so a code sitting on a .5
+    # boundary may round the other way: one code is 1 / (127 K) of a row's scale |x|max * K * g
+    assert EPS == TRAIN_EPS
+    for x, codes, g, bias in _cases():
+        model = _one_node_model(codes, g, bias, x.shape[1]).SerializeToString()
+        native = ov_backend.OpenVinoSession(model, extensions=(lib,)).run({"x": x})[0]
+        stock = ov_backend.OpenVinoSession(expand_ternary_linear(model)).run({"x": x})[0]
+        row_scale = np.abs(x).max(1, keepdims=True) * x.shape[1] * g
+        assert (np.abs(stock - native) / row_scale).max() <= 2 / (127 * x.shape[1])
+
+
+def test_export_native_bundle_runs_the_canonical_graph(checkpoints, tmp_path, lib):
+    path, m = export_bundle(checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "n", lowering="native"))
+    assert m["entry"] == "model.onnx" and m["lowering"] == "native"
+    assert m["calibration"]["needed"] is False and not m["deviations"]
+    graph = onnx.load(str(path / "model.onnx")).graph
+    assert sum(n.op_type == "TernaryLinear" for n in graph.node) == 4 * 2
+    r = m["parity"]["backends"]["openvino"]
+    # exact codes per layer (above); across layers, float sums in another order can move a .5-boundary code
+    assert r["decisive_agreement"] >= 0.995 and r["max_abs_dp"] < 0.05
+    assert any("native ternary kernel built here" in n for n in m["notes"])
+    bundle = load_bundle(path)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    native = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)
+    # without the kernel (no compiler on the device): the same arithmetic in stock ops
+    stock = open_session(expand_ternary_linear((path / "model.onnx").read_bytes()), "openvino").run({"input": x})[0]
+    assert np.allclose(stock, native, atol=1e-4)
+
+
+def test_native_bundle_without_the_kernel_still_runs(checkpoints, tmp_path, lib, monkeypatch, capsys):
+    path, _ = export_bundle(
+        checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "n", lowering="native", verify=False)
+    )
+
+    def no_kernel():
+        raise EdgedfError("no C++ compiler found to build the native ternary kernel (install g++, or set CXX)")
+
+    monkeypatch.setattr(ov_native, "extension", no_kernel)
+    model = ov_backend.model_for_bundle(load_bundle(path))
+    assert not hasattr(model, "extension") and b"TernaryLinear" not in bytes(model)
+    assert "no C++ compiler" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["avx2"], "native"), (["avx2", "avx512f", "avx512_vnni"], "int8-qdq"), (["avx2", "avx_vnni"], "int8-qdq")],
+)
+def test_cpu_target_takes_the_native_kernel_where_openvino_has_no_vnni(checkpoints, lib, monkeypatch, flags, expected):
+    from edgedf.devices import bench
+    from edgedf.devices.profiles import get_profile
+
+    monkeypatch.setattr(bench, "cpu_info", lambda: ("test cpu", flags))
+    notes: list[str] = []
+    assert export_api._ternary_lowering(get_profile("cpu"), None, notes) == expected
+    assert export_api._ternary_lowering(get_profile("cpu"), "int8-qdq", []) == "int8-qdq"  # asked for: kept
+    with pytest.raises(EdgedfError, match="OpenVINO only"):
+        export_api._ternary_lowering(get_profile("ort"), "native", [])
+
+
+def test_build_errors_are_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEDF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ov_native, "_compiler", lambda: None)
+    with pytest.raises(EdgedfError, match=r"no C\+\+ compiler"):
+        ov_native.build()
+    assert not list(tmp_path.rglob("*.so*"))  # nothing half-written
+    monkeypatch.setattr(ov_native, "_compiler", lambda: "g++")
+    monkeypatch.setattr(ov_native, "SOURCE", tmp_path / "broken.cpp")
+    (tmp_path / "broken.cpp").write_text("this is not C++\n")
+    with pytest.raises(EdgedfError, match="building the native ternary kernel failed") as e:
+        ov_native.build()
+    assert "\n" not in str(e.value)
+    assert not list(tmp_path.rglob("*.so*"))
+
+
+def test_module_cli_builds_and_names_the_path(lib):
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgedf.runtime.backends.ov_native"], capture_output=True, text=True, env=os.environ
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == str(lib)
+    assert proc.stdout.splitlines()[1].split(": ")[1] in ("avx512-vnni", "avx2", "scalar")
+
+
+def test_native_bundle_keeps_the_reference_functions(checkpoints, tmp_path, lib):
+    # the canonical file keeps its FunctionProtos: ONNX Runtime can still run it as the reference
+    path, _ = export_bundle(
+        checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "n", lowering="native", verify=False)
+    )
+    model = onnx.load(str(path / "model.onnx"))
+    assert {f.name for f in model.functions} >= {"TernaryLinear", "UnpackTernary"}
+    assert json.loads((path / "manifest.json").read_text())["lowering"] == "native"
