@@ -5,7 +5,8 @@
 // computed as BitNet's integer arithmetic, exactly as the ONNX Runtime `int8-exact` lowering does:
 //   q   = Round(x * s)                   float32 product, round half to even: PyTorch's int8 codes
 //   acc = sum_k (q + 128) * c - 128 * sum_k c      int32, exact
-//   y   = float(acc) * g / s + bias      the same three float operations, in the same order
+//   y   = float(acc) * (g / s) + bias    g / s once per token: a division per output would cost more than the
+//                                        GEMM on AMX; this rounds twice where (acc * g) / s rounds once
 //
 // The GEMM multiplies unsigned activation bytes (q + 128, in [1, 255]) by signed ternary bytes. The weights
 // are re-laid out once per layer in blocks of 16 output columns x 4 k: [N/16][K/4][16][4], so that one
@@ -17,7 +18,10 @@
 //   scalar: anything else (and the reference the SIMD paths are tested against).
 // The path is chosen at run time from the CPU; EDGEDF_TERNARY_ISA=avx512|avx2|scalar forces one (tests).
 
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -42,24 +46,42 @@ namespace edgedf {
 constexpr float kEps = 1e-5f;  // train.bitlinear.EPS
 constexpr int kBlock = 16;      // output columns per weight block
 
-enum class Isa { scalar, avx2, avx512 };
+enum class Isa { scalar, avx2, avx512, amx };
+
+// AMX-INT8 (Sapphire Rapids and later): the CPU has it and Linux grants this process the tile state.
+static bool amx_usable() {
+#if defined(__x86_64__) && defined(__linux__)
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !((edx >> 24) & 1) || !((edx >> 25) & 1)) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+#else
+    return false;
+#endif
+}
 
 static Isa detect_isa() {
     if (const char* forced = std::getenv("EDGEDF_TERNARY_ISA")) {
         std::string f(forced);
         if (f == "scalar") return Isa::scalar;
         if (f == "avx2") return __builtin_cpu_supports("avx2") ? Isa::avx2 : Isa::scalar;
-        if (f == "avx512")
-            return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") ? Isa::avx512
-                                                                                               : Isa::scalar;
+        const bool vnni512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+        if (f == "avx512") return vnni512 ? Isa::avx512 : Isa::scalar;
+        if (f == "amx") return vnni512 && amx_usable() ? Isa::amx : Isa::scalar;
     }
-    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) return Isa::avx512;
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
+        return amx_usable() ? Isa::amx : Isa::avx512;
     if (__builtin_cpu_supports("avx2")) return Isa::avx2;
     return Isa::scalar;
 }
 
 static const char* isa_name(Isa isa) {
-    return isa == Isa::avx512 ? "avx512-vnni" : isa == Isa::avx2 ? "avx2" : "scalar";
+    switch (isa) {
+        case Isa::amx: return "amx-int8";
+        case Isa::avx512: return "avx512-vnni";
+        case Isa::avx2: return "avx2";
+        default: return "scalar";
+    }
 }
 
 // Weights re-laid out for the kernels: codes [Nb][K4][16][4] int8 (zero padded) and per-column sums.
@@ -74,7 +96,7 @@ static std::shared_ptr<Packed> pack(const uint8_t* packed, int64_t n, int64_t k)
     p->n = n;
     p->k = k;
     p->nb = (n + kBlock - 1) / kBlock;
-    p->k4 = (k + 3) / 4;
+    p->k4 = (k + 63) / 64 * 16;  // K padded to 64: one AMX tile row of bytes
     p->w.assign(static_cast<size_t>(p->nb * p->k4 * kBlock * 4), 0);
     p->colsum.assign(static_cast<size_t>(p->nb * kBlock), 0);
     const int64_t row_bytes = (k + 3) / 4;  // the canonical packing: 4 codes per byte, c + 1 in 2 bits
@@ -165,14 +187,14 @@ __attribute__((target("avx2,fma"))) static void quantize_rows_avx2(const float* 
 static void quantize_rows(Isa isa, const float* x, int64_t m0, int64_t m1, int64_t k, int64_t k4, uint8_t* a,
                           float* s) {
 #if defined(__x86_64__)
-    if (isa == Isa::avx512) return quantize_rows_avx512(x, m0, m1, k, k4, a, s);
+    if (isa == Isa::avx512 || isa == Isa::amx) return quantize_rows_avx512(x, m0, m1, k, k4, a, s);
     if (isa == Isa::avx2) return quantize_rows_avx2(x, m0, m1, k, k4, a, s);
 #endif
     quantize_rows_scalar(x, m0, m1, k, k4, a, s);
 }
 
-static inline float epilogue(int32_t acc_u, int32_t colsum, float g, float s, float b) {
-    return static_cast<float>(acc_u - 128 * colsum) * g / s + b;
+static inline float epilogue(int32_t acc_u, int32_t colsum, float r, float b) {
+    return static_cast<float>(acc_u - 128 * colsum) * r + b;
 }
 
 static void gemm_scalar(const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
@@ -187,7 +209,7 @@ static void gemm_scalar(const Packed& p, const uint8_t* a, const float* s, float
                     for (int t = 0; t < 4; ++t) acc[c] += ar[q * 4 + t] * wb[(q * kBlock + c) * 4 + t];
             for (int c = 0; c < kBlock; ++c) {
                 const int64_t n = nb * kBlock + c;
-                if (n < p.n) y[m * p.n + n] = epilogue(acc[c], p.colsum[n], g, s[m], bias[n]);
+                if (n < p.n) y[m * p.n + n] = epilogue(acc[c], p.colsum[n], g / s[m], bias[n]);
             }
         }
     }
@@ -220,7 +242,6 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
             for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], av, w[b]);
         }
     }
-    const __m512 gv = _mm512_set1_ps(g);
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
         const int64_t n0 = (nb + b) * kBlock;
@@ -231,7 +252,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
             const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr));
-            const __m512 out = _mm512_add_ps(_mm512_div_ps(_mm512_mul_ps(v, gv), _mm512_set1_ps(s[m + r])), bv);
+            const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(g / s[m + r])), bv);
             _mm512_mask_storeu_ps(y + (m + r) * p.n + n0, mask, out);
         }
     }
@@ -272,16 +293,15 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const
             }
     }
     const int64_t n0 = nb * kBlock;
-    const __m256 gv = _mm256_set1_ps(g);
     for (int r = 0; r < MR; ++r) {
-        const __m256 sv = _mm256_set1_ps(s[m + r]);
+        const __m256 rv = _mm256_set1_ps(g / s[m + r]);
         for (int h = 0; h < 2; ++h) {
             const int64_t nh = n0 + 8 * h;
             if (nh >= p.n) break;
             const __m256i corr = _mm256_slli_epi32(
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.colsum.data() + nh)), 7);
             const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], corr));
-            const __m256 prod = _mm256_div_ps(_mm256_mul_ps(v, gv), sv);
+            const __m256 prod = _mm256_mul_ps(v, rv);
             if (p.n - nh >= 8) {
                 _mm256_storeu_ps(y + (m + r) * p.n + nh, _mm256_add_ps(prod, _mm256_loadu_ps(bias + nh)));
             } else {
@@ -293,17 +313,77 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const
     }
 }
 
+// AMX: 32 rows x 32 columns per call, four 16x16 int32 accumulator tiles. The weight blocks are already in
+// the layout TDPBUSD takes for B (per 16-column block, one 64-byte row per 4 k: 16 columns x 4 bytes).
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+__attribute__((target("amx-tile"))) static void amx_configure() {
+    static const TileConfig cfg = [] {
+        TileConfig c;
+        for (int t = 0; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = 16;  // 0-3: C, 4-5: A, 6-7: B
+        return c;
+    }();
+    _tile_loadconfig(&cfg);  // per task: OpenVINO's own AMX kernels set other shapes on the same threads
+}
+
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void tile_amx(const Packed& p, const uint8_t* a,
+                                                                                    const float* s, float g,
+                                                                                    const float* bias, float* y,
+                                                                                    int64_t m, int64_t nb) {
+    const int64_t lda = p.k4 * 4, wstride = p.k4 * kBlock * 4;
+    const int8_t* w0 = p.w.data() + nb * wstride;
+    const int8_t* w1 = w0 + wstride;
+    const uint8_t* a0 = a + m * lda;
+    const uint8_t* a1 = a0 + 16 * lda;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t q = 0; q < p.k4; q += 16) {
+        _tile_loadd(4, a0 + q * 4, lda);
+        _tile_loadd(5, a1 + q * 4, lda);
+        _tile_loadd(6, w0 + q * 64, 64);
+        _tile_loadd(7, w1 + q * 64, 64);
+        _tile_dpbusd(0, 4, 6);
+        _tile_dpbusd(1, 4, 7);
+        _tile_dpbusd(2, 5, 6);
+        _tile_dpbusd(3, 5, 7);
+    }
+    alignas(64) int32_t c[32][32];
+    _tile_stored(0, &c[0][0], 128);
+    _tile_stored(1, &c[0][16], 128);
+    _tile_stored(2, &c[16][0], 128);
+    _tile_stored(3, &c[16][16], 128);
+    for (int b = 0; b < 2; ++b) {
+        const int64_t n0 = (nb + b) * kBlock;
+        const __mmask16 mask = static_cast<__mmask16>(p.n - n0 >= kBlock ? 0xFFFF : (1u << (p.n - n0)) - 1);
+        const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(p.colsum.data() + n0), 7);  // 128 * colsum
+        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + n0);
+        for (int r = 0; r < 32; ++r) {
+            const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(&c[r][b * 16]), corr));
+            const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(g / s[m + r])), bv);
+            _mm512_mask_storeu_ps(y + (m + r) * p.n + n0, mask, out);
+        }
+    }
+}
+
 template <int MR>
 static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
                  int64_t m, int64_t nb) {
-    if (isa == Isa::avx512) {
+    if (isa == Isa::avx512 || isa == Isa::amx) {
         if (nb + 1 < p.nb)
             tile_avx512<MR, 2>(p, a, s, g, bias, y, m, nb);
         else
             tile_avx512<MR, 1>(p, a, s, g, bias, y, m, nb);
     } else {
-        tile_avx2<MR>(p, a, s, g, bias, y, m, nb);
-        if (nb + 1 < p.nb) tile_avx2<MR>(p, a, s, g, bias, y, m, nb + 1);
+        // AVX2 has 16 ymm registers: at most 3 rows x 2 halves of int16 sums stay in registers at once
+        constexpr int R = MR % 3 == 0 ? 3 : 1;
+        for (int64_t b = nb; b < std::min(nb + 2, p.nb); ++b)
+            for (int r = 0; r < MR; r += R) tile_avx2<R>(p, a, s, g, bias, y, m + r, b);
     }
 }
 #endif
@@ -314,8 +394,11 @@ static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* s, flo
                  int64_t m0, int64_t m1) {
 #if defined(__x86_64__)
     if (isa != Isa::scalar) {
+        if (isa == Isa::amx) amx_configure();
         for (int64_t nb = 0; nb < p.nb; nb += 2) {
             int64_t m = m0;
+            if (isa == Isa::amx && nb + 1 < p.nb)  // whole 32-row tiles; the rest on the AVX-512 VNNI path
+                for (; m + 32 <= m1; m += 32) tile_amx(p, a, s, g, bias, y, m, nb);
             for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, s, g, bias, y, m, nb);
             for (; m < m1; ++m) tile<1>(isa, p, a, s, g, bias, y, m, nb);
         }
@@ -366,15 +449,21 @@ public:
         outputs[0].set_shape(ys);
         float* y = outputs[0].data<float>();
         const float* xd = x.data<const float>();
-        std::vector<uint8_t> a(static_cast<size_t>(rows * p->k4 * 4));
-        std::vector<float> s(static_cast<size_t>(rows));
+        // codes and scales live in per-thread buffers that only grow: a fresh multi-MB allocation per call
+        // would fault its pages in on every layer
+        static thread_local std::vector<uint8_t> a;
+        static thread_local std::vector<float> s;
+        a.resize(std::max(a.size(), static_cast<size_t>(rows * p->k4 * 4)));
+        s.resize(std::max(s.size(), static_cast<size_t>(rows)));
+        uint8_t* codes = a.data();  // the lambda runs on other threads, whose thread_locals are other buffers
+        float* scales = s.data();
         const Isa isa = active_isa();
-        constexpr int64_t kRowsPerTask = 48;
+        constexpr int64_t kRowsPerTask = 64;
         const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
         ov::parallel_for(tasks, [&](int64_t t) {
             const int64_t m0 = t * kRowsPerTask, m1 = std::min(rows, m0 + kRowsPerTask);
-            quantize_rows(isa, xd, m0, m1, k, p->k4, a.data(), s.data());
-            gemm(isa, *p, a.data(), s.data(), g, bias, y, m0, m1);
+            quantize_rows(isa, xd, m0, m1, k, p->k4, codes, scales);
+            gemm(isa, *p, codes, scales, g, bias, y, m0, m1);
         });
         return true;
     }

@@ -42,7 +42,7 @@ def _cases():
     for int16 pair sums (every activation code 127 against every weight +1, K = 1024: 4 widening rounds)."""
     rng = np.random.default_rng(0)
     out = []
-    for m, k, n in ((13, 44, 40), (50, 384, 96), (7, 1540, 33)):
+    for m, k, n in ((13, 44, 40), (50, 384, 96), (7, 1540, 33), (70, 192, 64)):
         x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.01, 30, (m, 1)).astype(np.float32)
         x[:, 1] = np.abs(x).max(1) * (np.arange(m) + 0.5) / 127  # x * s lands on .5 (up to rounding)
         codes = rng.integers(-1, 2, (n, k))
@@ -55,10 +55,10 @@ def _cases():
 
 
 def _reference(x, codes, g, bias):
-    """BitNet's integer arithmetic from PyTorch's own codes: exact int64 sums, then float32 * g / s + bias."""
+    """BitNet's integer arithmetic from PyTorch's own codes: exact int64 sums, then float32 acc * (g / s) + bias."""
     q, s = activation_quant_int8(torch.from_numpy(x))
     acc = q.numpy().astype(np.int64) @ codes.T.astype(np.int64)
-    return (acc.astype(np.float32) * g) / s.numpy() + bias
+    return acc.astype(np.float32) * (np.float32(g) / s.numpy()) + bias
 
 
 def _one_node_model(codes, g, bias, k):
@@ -96,6 +96,8 @@ def _cpu_paths():
         paths.append("avx2")
     if " avx512_vnni" in flags and " avx512bw" in flags:
         paths.append("avx512")
+        if " amx_int8" in flags:
+            paths.append("amx")
     return paths
 
 
@@ -114,7 +116,7 @@ def test_native_kernel_is_bit_exact_on_every_cpu_path(lib, tmp_path, isa):
             env=env,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni"}.get(isa, isa)
+        assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8"}.get(isa, isa)
         y, ref = np.load(out), _reference(x, codes, g, bias)
         assert y.shape == ref.shape
         assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
@@ -201,7 +203,7 @@ def test_module_cli_builds_and_names_the_path(lib):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == str(lib)
-    assert proc.stdout.splitlines()[1].split(": ")[1] in ("avx512-vnni", "avx2", "scalar")
+    assert proc.stdout.splitlines()[1].split(": ")[1] in ("amx-int8", "avx512-vnni", "avx2", "scalar")
 
 
 def test_native_bundle_keeps_the_reference_functions(checkpoints, tmp_path, lib):
