@@ -77,9 +77,9 @@ PROFILES: dict[str, TargetProfile] = {
             threads=0,
             imgsz=None,
             ternary_lowering="int8-qdq",
-            why="OpenVINO computes static int8 Q/DQ MatMuls with VNNI: ViT-Ti b8 14.8 ms/img vs 35.7 with u2 "
-            "MatMulNBits weights and ~29 fp32 (AVX-512 VNNI EPYC, benchmarks/export). The bundle keeps 2-bit "
-            "weights; the backend expands them to int8 at load. --lowering matmulnbits-2bit gives a u2 IR.",
+            why="With VNNI or AMX OpenVINO's static int8 Q/DQ MatMuls are the fastest (the bundle keeps 2-bit "
+            "weights, expanded to int8 at load). Without VNNI they are slower than fp32, and export picks "
+            "`native` instead: edgedf's own TernaryLinear kernel, exact per-token codes (benchmarks/export).",
         ),
         TargetProfile(
             name="rpi",

@@ -73,8 +73,8 @@ def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list
     an x86 CPU without them the cpu target takes edgedf's native kernel (exact per-token codes, a ternary
     GEMM that widens int16 sums only every 256 k) when it can be built here, with a note saying so."""
     chosen = requested or profile.ternary_lowering
-    if chosen not in lowering.LOWERINGS:
-        raise EdgedfError(f"unknown lowering {chosen!r}; choose one of {', '.join(lowering.LOWERINGS)}")
+    if chosen not in lowering.CHOICES:
+        raise EdgedfError(f"unknown lowering {chosen!r}; choose one of {', '.join(lowering.CHOICES)}")
     if chosen == lowering.NATIVE and profile.backend != "openvino":
         raise EdgedfError("--lowering native runs in OpenVINO only (target cpu)")
     if chosen == lowering.NATIVE:
@@ -169,8 +169,11 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
                 )  # fmt: skip
             if dev := lowering.deviation(lowering_used, ck.config.dim):
                 deviations.append(dev)
-            say(f"lowering TernaryLinear -> {lowering_used}")
-            lowered = lowering.lower(canonical, lowering_used, scales)
+            if lowering_used == lowering.NATIVE:  # the canonical graph itself
+                lowered = canonical
+            else:
+                say(f"lowering TernaryLinear -> {lowering_used}")
+                lowered = lowering.lower(canonical, lowering_used, scales)
             set_metadata(lowered, {"edgedf.lowering": lowering_used})
             model_path = work / "model.onnx"
             _save_onnx(lowered, model_path)

@@ -32,8 +32,9 @@ from edgedf.runtime.errors import EdgedfError
 
 from .ternary_op import DOMAIN, EPS, attach_functions
 
-LOWERINGS = ("int8-exact", "int8-dynamic", "matmulnbits-2bit", "int8-qdq", "native")
-NATIVE = "native"
+LOWERINGS = ("int8-exact", "int8-dynamic", "matmulnbits-2bit", "int8-qdq")  # the rewrites
+NATIVE = "native"  # no rewrite: OpenVINO runs the canonical node in edgedf's kernel
+CHOICES = (*LOWERINGS, NATIVE)
 
 
 @dataclass
@@ -232,10 +233,6 @@ def ternary_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def lower(model: onnx.ModelProto, lowering: str, act_scales: dict[str, float] | None = None) -> onnx.ModelProto:
     """Apply one lowering rule to every TernaryLinear node; returns a new model (the input is untouched)."""
-    if lowering == NATIVE:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        return out
     if lowering not in RULES:
         raise EdgedfError(f"unknown lowering {lowering!r}; choose one of {', '.join(LOWERINGS)}")
     out = onnx.ModelProto()
