@@ -2,7 +2,7 @@
 //
 //   y = (Round(x * s) / s) @ (c * g)^T + bias,   s = 127 / max(max|x| over K, 1e-5),   c in {-1, 0, +1}
 //
-// computed as BitNet's integer arithmetic, exactly as the ONNX Runtime `int8-exact` lowering does:
+// computed as BitNet's integer arithmetic (the codes and int32 sums of the ONNX Runtime `int8-exact` lowering):
 //   q   = Round(x * s)                   float32 product, round half to even: PyTorch's int8 codes
 //   acc = sum_k (q + 128) * c - 128 * sum_k c      int32, exact
 //   y   = float(acc) * (g / s) + bias    g / s once per token: a division per output would cost more than the
@@ -11,12 +11,13 @@
 // The GEMM multiplies unsigned activation bytes (q + 128, in [1, 255]) by signed ternary bytes. The weights
 // are re-laid out once per layer in blocks of 16 output columns x 4 k: [N/16][K/4][16][4], so that one
 // broadcast 4-byte group of an activation row meets 16 columns at once (no horizontal sums).
+//   AMX-INT8 (where Linux grants the tile state): TDPBUSD on 32x32 tiles; this layout is its B layout.
 //   AVX-512 VNNI: vpdpbusd accumulates the 4 products straight into int32.
 //   AVX2 (no VNNI): vpmaddubsw gives pair sums in int16. A plain int8 GEMM must widen after every step
 //     (pairs of 255 * 127 can reach 64770 and saturate); with |c| <= 1 a pair sum is at most 510, so 64 steps
 //     (256 k values) accumulate in int16 before one vpmaddwd widens them: 2 instructions per step, not 3.
 //   scalar: anything else (and the reference the SIMD paths are tested against).
-// The path is chosen at run time from the CPU; EDGEDF_TERNARY_ISA=avx512|avx2|scalar forces one (tests).
+// The path is chosen at run time from the CPU; EDGEDF_TERNARY_ISA=amx|avx512|avx2|scalar forces one (tests).
 
 #include <cpuid.h>
 #include <immintrin.h>
