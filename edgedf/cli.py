@@ -299,13 +299,14 @@ def targets(fmt: str = typer.Option("table", "--format", help=FORMAT_HELP)) -> N
     ps = list(PROFILES.values())
     rows = [
         [p.name, p.device, p.backend, ", ".join(p.precisions), f"{p.default_fp} / {p.default_bit}",
-         str(p.threads or "all"), p.ternary_lowering]
+         str(p.threads or "all"),
+         p.ternary_lowering + (f" ({p.ternary_lowering_no_vnni} without VNNI)" if p.ternary_lowering_no_vnni else "")]
         for p in ps
     ]  # fmt: skip
     records = [
         {"target": p.name, "device": p.device, "backend": p.backend, "precisions": list(p.precisions),
          "default_fp": p.default_fp, "default_bit": p.default_bit, "threads": p.threads,
-         "ternary_lowering": p.ternary_lowering}
+         "ternary_lowering": p.ternary_lowering, "ternary_lowering_no_vnni": p.ternary_lowering_no_vnni}
         for p in ps
     ]  # fmt: skip
     if fmt == "csv":

@@ -84,7 +84,7 @@ def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list
             notes.append(f"native ternary kernel built here, {ov_native.cpu_path(ov_native.extension())} path")
         except EdgedfError as e:
             notes.append(f"{e}: verified with the ternary layers in stock ops")
-    elif not requested and profile.backend == "openvino":
+    elif not requested and profile.ternary_lowering_no_vnni == lowering.NATIVE:
         from edgedf.devices.bench import cpu_info
         from edgedf.runtime.backends import ov_native
 
@@ -92,7 +92,7 @@ def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list
         if "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags):
             try:
                 ov_native.extension()
-                notes.append("no VNNI on the export machine: the cpu target takes the native ternary kernel")
+                notes.append(f"no VNNI on the export machine: target {profile.name} takes the native ternary kernel")
                 return lowering.NATIVE
             except EdgedfError:
                 pass

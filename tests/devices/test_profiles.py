@@ -14,6 +14,15 @@ def test_the_five_targets():
         assert p.default_precision("bit") == "ternary"
 
 
+def test_ternary_lowerings_are_ones_export_knows():
+    from edgedf.export.lowering import CHOICES
+
+    for p in PROFILES.values():
+        assert p.ternary_lowering in CHOICES and p.ternary_lowering_no_vnni in (None, *CHOICES)
+    # the native kernel is an OpenVINO op: only the OpenVINO target may fall back to it
+    assert {p.name for p in PROFILES.values() if p.ternary_lowering_no_vnni == "native"} == {"cpu"}
+
+
 def test_unknown_target():
     with pytest.raises(EdgedfError, match="unknown target 'tpu'"):
         get_profile("tpu")

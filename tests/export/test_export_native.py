@@ -1,0 +1,90 @@
+"""Export side of edgedf's native OpenVINO kernel (`--lowering native`); the kernel's own bit-exactness on every
+CPU path is tests/runtime/test_ov_native.py, whose numpy codes are checked against PyTorch's here."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgedf.export import api as export_api
+from edgedf.export.api import ExportOptions, export_bundle
+from edgedf.runtime.backends import BackendOptions, open_classifier, open_session, ov_native
+from edgedf.runtime.backends import openvino as ov_backend
+from edgedf.runtime.bundle import load_bundle
+from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.ternary import EPS, expand_ternary_linear
+from edgedf.train.bitlinear import EPS as TRAIN_EPS
+from edgedf.train.bitlinear import activation_quant_int8
+
+
+def test_the_runtime_tests_codes_are_pytorchs():
+    """tests/runtime computes the reference codes in numpy: the same as PyTorch's, .5 boundaries included."""
+    assert EPS == TRAIN_EPS
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 384)).astype(np.float32) * rng.uniform(0.01, 30, (64, 1)).astype(np.float32)
+    x[:, 1] = np.abs(x).max(1) * (np.arange(64) + 0.5) / 127
+    s = np.float32(127.0) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(EPS))
+    q, s_pt = activation_quant_int8(torch.from_numpy(x))
+    assert np.array_equal(np.rint(x * s), q.numpy().astype(np.float32)) and np.array_equal(s, s_pt.numpy())
+
+
+def test_export_native_bundle_runs_the_canonical_graph(checkpoints, tmp_path, native_kernel):
+    path, m = export_bundle(checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "n", lowering="native"))
+    assert m["entry"] == "model.onnx" and m["lowering"] == "native"
+    assert m["calibration"]["needed"] is False and not m["deviations"]
+    graph = onnx.load(str(path / "model.onnx")).graph
+    assert sum(n.op_type == "TernaryLinear" for n in graph.node) == 4 * 2
+    r = m["parity"]["backends"]["openvino"]
+    # exact codes per layer (above); across layers, float sums in another order can move a .5-boundary code
+    assert r["decisive_agreement"] >= 0.995 and r["max_abs_dp"] < 0.05
+    assert any("native ternary kernel built here" in n for n in m["notes"])
+    bundle = load_bundle(path)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    native = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)
+    # without the kernel (no compiler on the device): the same arithmetic in stock ops
+    stock = open_session(expand_ternary_linear((path / "model.onnx").read_bytes()), "openvino").run({"input": x})[0]
+    assert np.allclose(stock, native, atol=1e-4)
+
+
+def test_native_bundle_without_the_kernel_still_runs(checkpoints, tmp_path, native_kernel, monkeypatch, capsys):
+    path, _ = export_bundle(
+        checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "n", lowering="native", verify=False)
+    )
+
+    def no_kernel():
+        raise EdgedfError("no C++ compiler found to build the native ternary kernel (install g++, or set CXX)")
+
+    monkeypatch.setattr(ov_native, "extension", no_kernel)
+    model = ov_backend.model_for_bundle(load_bundle(path))
+    assert not hasattr(model, "extension") and b"TernaryLinear" not in bytes(model)
+    assert "no C++ compiler" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["avx2"], "native"), (["avx2", "avx512f", "avx512_vnni"], "int8-qdq"), (["avx2", "avx_vnni"], "int8-qdq")],
+)
+def test_cpu_target_takes_the_native_kernel_where_openvino_has_no_vnni(
+    checkpoints, native_kernel, monkeypatch, flags, expected
+):
+    from edgedf.devices import bench
+    from edgedf.devices.profiles import get_profile
+
+    monkeypatch.setattr(bench, "cpu_info", lambda: ("test cpu", flags))
+    notes: list[str] = []
+    assert export_api._ternary_lowering(get_profile("cpu"), None, notes) == expected
+    assert export_api._ternary_lowering(get_profile("cpu"), "int8-qdq", []) == "int8-qdq"  # asked for: kept
+    with pytest.raises(EdgedfError, match="OpenVINO only"):
+        export_api._ternary_lowering(get_profile("ort"), "native", [])
+
+
+def test_native_bundle_keeps_the_reference_functions(checkpoints, tmp_path, native_kernel):
+    # the canonical file keeps its FunctionProtos: ONNX Runtime can still run it as the reference
+    path, _ = export_bundle(
+        checkpoints["bit"], ExportOptions(target="cpu", out=tmp_path / "n", lowering="native", verify=False)
+    )
+    model = onnx.load(str(path / "model.onnx"))
+    assert {f.name for f in model.functions} >= {"TernaryLinear", "UnpackTernary"}
+    assert json.loads((path / "manifest.json").read_text())["lowering"] == "native"

@@ -1,0 +1,150 @@
+"""edgedf's native TernaryLinear kernel for OpenVINO (runtime/native/ternary_linear.cpp, runtime/backends/ov_native.py),
+built here with the C++ compiler against the installed OpenVINO from the installed package's source (in CI: the
+wheel's), and checked bit for bit on every CPU path against BitNet's integer arithmetic in numpy. No torch."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx import helper as oh
+
+from edgedf.runtime.backends import openvino as ov_backend
+from edgedf.runtime.backends import ov_native
+from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.ternary import EPS, expand_ternary_linear
+
+
+def pack(codes: np.ndarray) -> np.ndarray:
+    """codes [N, K] in {-1, 0, 1} (K a multiple of 4) -> uint8 [N, K/4], as train.bitlinear.pack_ternary."""
+    u = (codes + 1).astype(np.uint8).reshape(codes.shape[0], -1, 4)
+    return (u[..., 0] | u[..., 1] << 2 | u[..., 2] << 4 | u[..., 3] << 6).astype(np.uint8)
+
+
+def int8_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BitNet's per-token codes in float32, as PyTorch computes them: s = 127 / max(absmax, eps) (one correctly
+    rounded division), Round(x * s) half to even (tests/export checks these equal PyTorch's codes)."""
+    s = np.float32(127.0) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(EPS))
+    return np.rint(x * s).astype(np.int64), s
+
+
+def _cases():
+    """(x [M, K], codes [N, K], g, bias [N]): tails in M, K and N, codes on .5 boundaries, and the worst case
+    for int16 pair sums (every activation code 127 against every weight +1, K = 1024: 4 widening rounds)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for m, k, n in ((13, 44, 40), (50, 384, 96), (7, 1540, 33), (70, 192, 64)):  # K % 4 == 0: the canonical packing
+        x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.01, 30, (m, 1)).astype(np.float32)
+        x[:, 1] = np.abs(x).max(1) * (np.arange(m) + 0.5) / 127  # x * s lands on .5 (up to rounding)
+        codes = rng.integers(-1, 2, (n, k))
+        out.append((x, codes, np.float32(rng.uniform(0.01, 0.1)), rng.standard_normal(n).astype(np.float32)))
+    k = 1024
+    for sign in (1, -1):
+        x = np.full((6, k), sign * 0.7, np.float32)
+        out.append((x, np.full((20, k), sign), np.float32(0.05), np.zeros(20, np.float32)))
+    return out
+
+
+def _reference(x, codes, g, bias):
+    """BitNet's integer arithmetic: exact int64 sums of the codes, then float32 acc * (g / s) + bias."""
+    q, s = int8_codes(x)
+    acc = q @ codes.T.astype(np.int64)
+    return acc.astype(np.float32) * (np.float32(g) / s) + bias
+
+
+def _one_node_model(codes, g, bias, k):
+    node = oh.make_node("TernaryLinear", ["x", "w", "g", "b"], ["y"], domain="edgedf")
+    inits = [
+        numpy_helper.from_array(pack(codes), "w"),
+        numpy_helper.from_array(np.asarray(g, np.float32), "g"),
+        numpy_helper.from_array(bias, "b"),
+    ]
+    graph = oh.make_graph(
+        [node],
+        "t",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["m", len(bias)])],
+        initializer=inits,
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("edgedf", 1)])
+
+
+RUN_ONE = """
+import sys, numpy as np
+from edgedf.runtime.backends.openvino import OpenVinoSession
+from edgedf.runtime.backends.ov_native import cpu_path
+lib, model, x, out = sys.argv[1:]
+s = OpenVinoSession(open(model, 'rb').read(), threads=2, extensions=(lib,))
+np.save(out, s.run({'x': np.load(x)})[0])
+print(cpu_path(lib))
+"""
+
+
+def _cpu_paths():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    paths = ["scalar"]
+    if " avx2" in flags:
+        paths.append("avx2")
+    if " avx512_vnni" in flags and " avx512bw" in flags:
+        paths.append("avx512")
+        if " amx_int8" in flags:
+            paths.append("amx")
+    return paths
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_native_kernel_is_bit_exact_on_every_cpu_path(native_kernel, tmp_path, isa):
+    # each path in its own process: the kernel picks its path once per process (EDGEDF_TERNARY_ISA forces one)
+    env = {**os.environ, "EDGEDF_TERNARY_ISA": isa}
+    for i, (x, codes, g, bias) in enumerate(_cases()):
+        model, xin, out = tmp_path / f"m{i}.onnx", tmp_path / f"x{i}.npy", tmp_path / f"y{i}.npy"
+        model.write_bytes(_one_node_model(codes, g, bias, x.shape[1]).SerializeToString())
+        np.save(xin, x)
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN_ONE, str(native_kernel), str(model), str(xin), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8"}.get(isa, isa)
+        y, ref = np.load(out), _reference(x, codes, g, bias)
+        assert y.shape == ref.shape
+        assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
+
+
+def test_stock_op_fallback_matches_the_kernel(native_kernel):
+    # OpenVINO turns the stock form's 127 / absmax into a reciprocal multiply, so a code sitting on a .5
+    # boundary may round the other way: one code is 1 / (127 K) of a row's scale |x|max * K * g
+    for x, codes, g, bias in _cases():
+        model = _one_node_model(codes, g, bias, x.shape[1]).SerializeToString()
+        native = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
+        stock = ov_backend.OpenVinoSession(expand_ternary_linear(model)).run({"x": x})[0]
+        row_scale = np.abs(x).max(1, keepdims=True) * x.shape[1] * g
+        assert (np.abs(stock - native) / row_scale).max() <= 2 / (127 * x.shape[1])
+
+
+def test_build_errors_are_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEDF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ov_native, "_compiler", lambda: None)
+    with pytest.raises(EdgedfError, match=r"no C\+\+ compiler"):
+        ov_native.build()
+    assert not list(tmp_path.rglob("*.so*"))  # nothing half-written
+    monkeypatch.setattr(ov_native, "_compiler", lambda: "g++")
+    monkeypatch.setattr(ov_native, "SOURCE", tmp_path / "broken.cpp")
+    (tmp_path / "broken.cpp").write_text("this is not C++\n")
+    with pytest.raises(EdgedfError, match="building the native ternary kernel failed") as e:
+        ov_native.build()
+    assert "\n" not in str(e.value)
+    assert not list(tmp_path.rglob("*.so*"))
+
+
+def test_module_cli_builds_and_names_the_path(native_kernel):
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgedf.runtime.backends.ov_native"], capture_output=True, text=True, env=os.environ
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == str(native_kernel)
+    assert proc.stdout.splitlines()[1].split(": ")[1] in ("amx-int8", "avx512-vnni", "avx2", "scalar")
