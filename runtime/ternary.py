@@ -83,17 +83,18 @@ def expand_packed_ternary(onnx_bytes: bytes) -> bytes:
 
 
 def expand_ternary_linear(onnx_bytes: bytes) -> bytes:
-    """The canonical TernaryLinear in stock ops, for OpenVINO where the native kernel cannot be built:
-    the same per-token codes (Round(x * s), s = 127 / max(absmax, eps)) and a float MatMul with the ternary
-    weights times g (exact in float32), plus the bias. About fp32 speed; the 2-bit file stays as it is."""
+    """The canonical TernaryLinear in stock ops, for OpenVINO where the native kernel cannot be built: the
+    per-token quantiser (Round(x * s), s = 127 / max(absmax, eps)) and a float MatMul with the ternary weights
+    times g, plus the bias. About fp32 speed; the 2-bit file stays as it is. OpenVINO computes the division as
+    a reciprocal multiply, so a code sitting on a .5 boundary can round the other way than in PyTorch."""
 
     def rewrite(node, const, helper):
         if node.op_type != "TernaryLinear":
             raise EdgedfError(f"cannot expand {node.op_type} nodes")
         x, w_packed, w_scale, bias = node.input
         w_t = (unpack_ternary_np(const(w_packed)).astype(np.float32) * const(w_scale).astype(np.float32)).T
-        t = {k: f"{node.output[0]}__{k}" for k in ("abs", "amax", "amaxc", "s", "xs", "q", "xq", "mm", "w", "axes")}
-        t.update(eps=f"{node.output[0]}__eps", c127=f"{node.output[0]}__c127")
+        names = ("abs", "amax", "amaxc", "s", "xs", "q", "xq", "mm", "w", "axes", "eps", "c127")
+        t = {k: f"{node.output[0]}__{k}" for k in names}
         mk = helper.make_node
         nodes = [
             mk("Abs", [x], [t["abs"]]),
