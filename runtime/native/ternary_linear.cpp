@@ -104,6 +104,8 @@ static std::shared_ptr<Packed> pack(const uint8_t* packed, int64_t n, int64_t k)
     for (int64_t j = 0; j < n; ++j) {
         for (int64_t i = 0; i < k; ++i) {
             const int code = ((packed[j * row_bytes + i / 4] >> (2 * (i % 4))) & 3) - 1;
+            // 3 (code 2) is never written; the AVX2 path's int16 sums rely on |code| <= 1
+            OPENVINO_ASSERT(code <= 1, "TernaryLinear: w_packed holds the unused 2-bit value 3");
             p->w[((j / kBlock * p->k4 + i / 4) * kBlock + j % kBlock) * 4 + i % 4] = static_cast<int8_t>(code);
             p->colsum[j] += code;
         }

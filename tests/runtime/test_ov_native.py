@@ -126,6 +126,19 @@ def test_stock_op_fallback_matches_the_kernel(native_kernel):
         assert (np.abs(stock - native) / row_scale).max() <= 2 / (127 * x.shape[1])
 
 
+def test_invalid_packed_weights_are_refused(native_kernel):
+    # the unused 2-bit value 3 would be a code of 2, which would overflow the AVX2 path's int16 sums
+    x, codes, g, bias = _cases()[0]
+    model = _one_node_model(codes, g, bias, x.shape[1])
+    w = next(i for i in model.graph.initializer if i.name == "w")
+    arr = numpy_helper.to_array(w).copy()
+    arr[0, 0] = 0xFF
+    w.CopyFrom(numpy_helper.from_array(arr, "w"))
+    session = ov_backend.OpenVinoSession(model.SerializeToString(), extensions=(native_kernel,))
+    with pytest.raises(Exception, match="unused 2-bit value 3"):
+        session.run({"x": x})
+
+
 def test_build_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEDF_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ov_native, "_compiler", lambda: None)
