@@ -107,6 +107,7 @@ def test_native_kernel_is_bit_exact_on_every_cpu_path(native_kernel, tmp_path, i
             capture_output=True,
             text=True,
             env=env,
+            cwd=tmp_path,  # not the checkout, whose edgedf/ would shadow an installed wheel
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8"}.get(isa, isa)
@@ -154,10 +155,9 @@ def test_build_errors_are_one_line(monkeypatch, tmp_path):
     assert not list(tmp_path.rglob("*.so*"))
 
 
-def test_module_cli_builds_and_names_the_path(native_kernel):
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgedf.runtime.backends.ov_native"], capture_output=True, text=True, env=os.environ
-    )
+def test_module_cli_builds_and_names_the_path(native_kernel, tmp_path):
+    cmd = [sys.executable, "-m", "edgedf.runtime.backends.ov_native"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == str(native_kernel)
     assert proc.stdout.splitlines()[1].split(": ")[1] in ("amx-int8", "avx512-vnni", "avx2", "scalar")
