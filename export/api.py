@@ -75,9 +75,9 @@ def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list
     chosen = requested or profile.ternary_lowering
     if chosen not in lowering.CHOICES:
         raise EdgedfError(f"unknown lowering {chosen!r}; choose one of {', '.join(lowering.CHOICES)}")
-    if chosen == lowering.NATIVE and profile.backend != "openvino":
-        raise EdgedfError("--lowering native runs in OpenVINO only (target cpu)")
     if chosen == lowering.NATIVE:
+        if profile.backend != "openvino":
+            raise EdgedfError("--lowering native runs in OpenVINO only (target cpu)")
         from edgedf.runtime.backends import ov_native
 
         try:

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
+from edgedf.devices.bench import cpu_info
 from edgedf.runtime.backends import openvino as ov_backend
 from edgedf.runtime.backends import ov_native
 from edgedf.runtime.errors import EdgedfError
@@ -83,15 +84,9 @@ print(cpu_path(lib))
 
 
 def _cpu_paths():
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    paths = ["scalar"]
-    if " avx2" in flags:
-        paths.append("avx2")
-    if " avx512_vnni" in flags and " avx512bw" in flags:
-        paths.append("avx512")
-        if " amx_int8" in flags:
-            paths.append("amx")
-    return paths
+    flags = set(cpu_info()[1])  # every AVX-512 VNNI CPU has AVX-512 BW too, which that path also needs
+    paths = ["scalar"] + ["avx2"] * ("avx2" in flags) + ["avx512"] * ("avx512_vnni" in flags)
+    return paths + ["amx"] * ("avx512_vnni" in flags and "amx_int8" in flags)
 
 
 @pytest.mark.parametrize("isa", _cpu_paths())
