@@ -3,12 +3,14 @@ random-initialised ViT-Ti and ViT-S at 224 px (speed and size do not depend on t
 
     python benchmarks/export/bench_export.py [--presets vit_tiny vit_small] [--runs 20] [--threads 2]
     python benchmarks/export/bench_export.py --emulate-avx2     # OpenVINO rows as on a CPU without VNNI
+    python benchmarks/export/bench_export.py --emulate-vnni     # ... as on an AVX-512 VNNI CPU without AMX
     python benchmarks/export/bench_export.py --fp runs/detector_fp/model --bit runs/detector_bit/model
                                   # the shipped default's family instead: results_default_family.*
 
 Writes results.json and results.md next to this file (results_avx2_emulated.* with --emulate-avx2: OpenVINO's
 oneDNN kernels limited to AVX2 by ONEDNN_MAX_CPU_ISA and edgedf's native kernel forced to its AVX2 path, on
-this CPU; ONNX Runtime has no such switch, so its rows are left out; a real AVX2-only CPU will differ).
+this CPU; results_vnni_emulated.* with --emulate-vnni: limited to AVX-512 VNNI, no AMX; ONNX Runtime has no
+such switch, so its rows are left out; a real CPU of that kind will differ).
 Every bundle is exported with `edgedf export`'s
 own code path (export_bundle), verified against PyTorch on 64 random crops, then timed through the
 runtime's backend layer (the same sessions `edgedf run` uses).
@@ -40,6 +42,20 @@ HERE = Path(__file__).parent
 # Random-initialised models put many of the 64 verification crops near p = 0.5, where one flip is 1.6 %:
 # the gate here is 95 % (the table reports every bundle's parity); `edgedf export` keeps 99 %.
 MIN_AGREEMENT = 0.95
+
+# --emulate-*: OpenVINO's oneDNN limited to an instruction set, edgedf's kernel forced to its path for it
+EMULATE = {
+    "avx2": {
+        "name": "AVX2",
+        "env": {"ONEDNN_MAX_CPU_ISA": "AVX2", "EDGEDF_TERNARY_ISA": "avx2"},
+        "stem": "avx2_emulated",
+    },
+    "vnni": {
+        "name": "AVX-512 VNNI, no AMX",
+        "env": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "EDGEDF_TERNARY_ISA": "avx512"},
+        "stem": "vnni_emulated",
+    },
+}
 
 # (label, checkpoint kind, target, precision, lowering override)
 CONFIGS = [
@@ -105,18 +121,21 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--emulate-avx2", action="store_true", help="OpenVINO rows only, limited to AVX2 (see above)")
+    ap.add_argument("--emulate-vnni", action="store_true", help="OpenVINO rows only, AVX-512 VNNI without AMX")
     ap.add_argument("--fp", type=Path, help="a trained full-precision checkpoint (with --bit: no random models)")
     ap.add_argument("--bit", type=Path, help="its trained BitLinear twin")
     args = ap.parse_args()
+    load_before = os.getloadavg()
     configs, stem = CONFIGS, "results"
     if bool(args.fp) != bool(args.bit):
         ap.error("--fp and --bit go together")
     if args.fp:  # the trained pair: fp32 / int8-ptq from --fp, ternary from --bit (no QAT checkpoint)
         configs, stem = [c for c in configs if c[1] != "qat"], "results_default_family"
         args.presets = ["trained"]
-    if args.emulate_avx2:  # before OpenVINO's CPU plugin loads (it reads the variable once)
-        os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", EDGEDF_TERNARY_ISA="avx2")
-        configs, stem = [c for c in configs if c[0].startswith("OpenVINO")], f"{stem}_avx2_emulated"
+    emulated = EMULATE["avx2"] if args.emulate_avx2 else EMULATE["vnni"] if args.emulate_vnni else None
+    if emulated:  # before OpenVINO's CPU plugin loads (it reads the variable once)
+        os.environ.update(emulated["env"])
+        configs, stem = [c for c in configs if c[0].startswith("OpenVINO")], f"{stem}_{emulated['stem']}"
     rows, failed = [], []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -171,12 +190,12 @@ def main() -> None:
     host = host_info()
     meta = {
         "machine": f"{host['cpu']} ({', '.join(host['cpu_flags']) or 'no AVX2/VNNI flags'}), {args.threads} threads",
-        "load_before": os.getloadavg(),
+        "load_before": load_before,
         "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
         "openvino": __import__("openvino").__version__,
         "date": time.strftime("%Y-%m-%d"),
-        "emulated": "AVX2: ONEDNN_MAX_CPU_ISA=AVX2, EDGEDF_TERNARY_ISA=avx2" if args.emulate_avx2 else None,
+        "emulated": emulated and f"{emulated['name']}: " + ", ".join(f"{k}={v}" for k, v in emulated["env"].items()),
         "native_kernel": _native_path(),
         "models": f"trained checkpoints: fp {args.fp}, bit {args.bit}"
         if args.fp
@@ -212,10 +231,10 @@ def write_markdown(meta: dict, rows: list[dict], failed: list[dict], out: Path) 
     if meta.get("emulated"):
         lines[-1:-1] = [
             "",
-            f"**Emulated** ({meta['emulated']}): OpenVINO's oneDNN kernels limited to AVX2 and edgedf's kernel on "
-            "its AVX2 path, on this CPU; some of OpenVINO's own JIT kernels (e.g. RMS) still use AVX-512. A real "
-            "AVX2-only CPU (e.g. AMD Zen 3) has other timings: read this as the ranking of the paths there, not "
-            "their speed.",
+            f"**Emulated** ({meta['emulated']}): OpenVINO's oneDNN kernels limited to that instruction set and "
+            "edgedf's kernel on its path for it, on this CPU; some of OpenVINO's own JIT kernels (e.g. RMS) still "
+            "use what the CPU has. A real CPU of that kind (AVX2 only: e.g. AMD Zen 3; AVX-512 VNNI without AMX: "
+            "e.g. Ice Lake, Zen 4) has other timings: read this as the ranking of the paths there, not their speed.",
         ]
     for preset in dict.fromkeys(r["preset"] for r in rows):
         rs = [r for r in rows if r["preset"] == preset]
