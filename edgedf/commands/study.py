@@ -132,7 +132,7 @@ def render(study: dict[str, Any], out: Path) -> tuple[Path, Path]:
     doc.heading("Checkpoints")
     cks = study["checkpoints"]
     doc.table(
-        ["Arm", "Checkpoint", "How it was made", "Training facts (pseudo-fake validation)"],
+        ["Arm", "Checkpoint", "How it was made", "Training facts (its own validation split)"],
         [[k, v["path"], v["how"], training_facts(v.get("meta") or {})] for k, v in cks.items()],
     )
     doc.heading("Comparison (deltas against fp32 on the same target)")
