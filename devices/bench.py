@@ -72,9 +72,17 @@ def run_facts(result: dict[str, Any]) -> str:
     o, h = result["options"], result["host"]
     threads = o["threads"] if o.get("threads") else "each target's own"
     versions = ", ".join(f"{k} {v}" for k, v in (h.get("backends") or {}).items() if v) or "-"
-    p99 = " (p99 of so few runs is close to their maximum)" if o["runs"] < 100 else ""
+    rounds = o.get("rounds", 1)
+    total = o["runs"] * rounds
+    p99 = " (p99 of so few runs is close to their maximum)" if total < 100 else ""
+    how = (
+        f"{total} timed runs per batch size in {rounds} rounds (each a fresh process per bundle, bundles in turn, "
+        f"{o['warmup']} warm-up each){p99}"
+        if rounds > 1
+        else f"{o['runs']} timed runs per batch size after {o['warmup']} warm-up{p99}"
+    )
     return (
-        f"{o['runs']} timed runs per batch size after {o['warmup']} warm-up{p99}; threads: {threads}; "
+        f"{how}; threads: {threads}; "
         f"load average (1 min) {h.get('loadavg_1m')}; CPU {h['cpu']}, {h['cores']} cores, flags "
         f"{' '.join(h.get('cpu_flags') or []) or '-'}; backends: {versions}."
     )
@@ -91,6 +99,7 @@ class BenchOptions:
     threads: int | None = None  # override the profile's threads
     min_agreement: float = MIN_AGREEMENT
     timeout_s: float = 1800.0  # per bundle
+    rounds: int = 1  # timing rounds: every bundle in a fresh process per round, bundles in turn
 
 
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")  # int8 speed
@@ -214,6 +223,8 @@ def bench(bundles: list[Path], opts: BenchOptions, say: Callable[[str], None] | 
         raise EdgedfError(f"--batch needs positive batch sizes, got {opts.batches}")
     if opts.runs < 1:
         raise EdgedfError(f"--runs must be >= 1, got {opts.runs}")
+    if opts.rounds < 1:
+        raise EdgedfError(f"--rounds must be >= 1, got {opts.rounds}")
     profile_override = get_profile(opts.target) if opts.target else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgedf-bench-") as work_s:
@@ -222,6 +233,20 @@ def bench(bundles: list[Path], opts: BenchOptions, say: Callable[[str], None] | 
         for i, path in enumerate(bundles):
             say(f"[{i + 1}/{len(bundles)}] {path}")
             rows.append(bench_one(Path(path), opts, profile_override, cache, work))
+        # Further rounds time the bundles again, in turn, each in a fresh process: drift of a shared machine
+        # (noisy neighbours, thermal) then falls on every bundle alike instead of on whichever ran at the time.
+        for r in range(2, opts.rounds + 1):
+            for i, row in enumerate(rows):
+                if "latency" not in row:
+                    continue
+                say(f"[round {r}/{opts.rounds}, {i + 1}/{len(rows)}] {row['bundle']}")
+                res = _run_worker(_job(row["bundle"], row["backend"], row["threads"], opts, None, [], work), opts)
+                if isinstance(res, str):
+                    row.update(status="error", icon=ERROR, reason=f"round {r}: {res}")
+                    continue
+                _merge_latency(row["latency"], res["latency"])
+                row["peak_rss_mb"] = max(row["peak_rss_mb"], res["peak_rss_mb"])
+                _latency_fields(row, opts)
     result = {
         "kind": "edgedf-bench",
         "version": 1,
@@ -236,6 +261,7 @@ def bench(bundles: list[Path], opts: BenchOptions, say: Callable[[str], None] | 
             "floor": opts.floor,
             "threads": opts.threads,
             "min_agreement": opts.min_agreement,
+            "rounds": opts.rounds,
         },
         "rows": rows,
     }
@@ -279,44 +305,15 @@ def bench_one(path: Path, opts: BenchOptions, profile_override, cache: _DataCach
 
     crops = cache.crops(b) if cache is not None else (None, None)
     fc, crops_path = crops
-    job = {
-        "bundle": str(b.path),
-        "backend": backend,
-        "threads": threads,
-        "batches": list(opts.batches),
-        "runs": opts.runs,
-        "warmup": opts.warmup,
-        "crops": str(crops_path) if crops_path else None,
-        "videos": cache.videos if cache is not None else [],
-        "result": str(work / f"result_{abs(hash(str(b.path)))}.json"),
-    }
-    job_path = work / "job.json"
-    atomic_write_bytes(job_path, json.dumps(job).encode())
-    Path(job["result"]).unlink(missing_ok=True)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "edgedf.devices.worker", str(job_path)],
-            capture_output=True, text=True, timeout=opts.timeout_s,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return {**row, "status": "error", "icon": ERROR, "reason": f"timed out after {opts.timeout_s:.0f} s"}
-    if not Path(job["result"]).is_file():
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()
-        why = tail[-1] if tail else f"exit code {proc.returncode}"
-        return {**row, "status": "error", "icon": ERROR, "reason": f"worker died: {why}"}
-    res = json.loads(Path(job["result"]).read_text())
-    if not res.get("ok"):
-        return {**row, "status": "error", "icon": ERROR, "reason": res.get("error")}
+    videos = cache.videos if cache is not None else []
+    res = _run_worker(_job(str(b.path), backend, threads, opts, crops_path, videos, work), opts)
+    if isinstance(res, str):
+        return {**row, "status": "error", "icon": ERROR, "reason": res}
 
     row["latency"] = res["latency"]
     row["load_s"] = res.get("load_s")
     row["peak_rss_mb"] = res["peak_rss_mb"]
-    # latency at the smallest batch timed, throughput at the largest (the columns say which: columns())
-    lat1, lat8 = res["latency"].get(str(min(opts.batches))), res["latency"].get(str(max(opts.batches)))
-    row["ms_b1"] = lat1["median_ms"] if lat1 else None
-    row["ms_b1_p90"] = lat1["p90_ms"] if lat1 else None
-    row["ms_b1_p99"] = lat1["p99_ms"] if lat1 else None
-    row["faces_s_b8"] = lat8["faces_per_s"] if lat8 else None
+    _latency_fields(row, opts)
 
     # accuracy: still-image crops and video crops at frame level; per-video mean p(fake) at video level
     labels: list[int] = []
@@ -369,6 +366,64 @@ def bench_one(path: Path, opts: BenchOptions, profile_override, cache: _DataCach
     row["status"], row["icon"] = ("pass", PASS) if not reasons else ("fail", FAIL)
     row["reason"] = "; ".join(reasons) or None
     return row
+
+
+def _job(bundle: str, backend: str, threads: int, opts: BenchOptions, crops: Path | None, videos, work: Path):
+    return {
+        "bundle": bundle,
+        "backend": backend,
+        "threads": threads,
+        "batches": list(opts.batches),
+        "runs": opts.runs,
+        "warmup": opts.warmup,
+        "crops": str(crops) if crops else None,
+        "videos": videos,
+        "result": str(work / f"result_{abs(hash(bundle))}.json"),
+        "job": str(work / "job.json"),
+    }
+
+
+def _run_worker(job: dict[str, Any], opts: BenchOptions) -> dict[str, Any] | str:
+    """The worker's result for one job in a fresh process, or why there is none."""
+    atomic_write_bytes(Path(job["job"]), json.dumps(job).encode())
+    Path(job["result"]).unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgedf.devices.worker", job["job"]],
+            capture_output=True, text=True, timeout=opts.timeout_s,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"timed out after {opts.timeout_s:.0f} s"
+    if not Path(job["result"]).is_file():
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return f"worker died: {tail[-1] if tail else f'exit code {proc.returncode}'}"
+    res = json.loads(Path(job["result"]).read_text())
+    return res if res.get("ok") else str(res.get("error"))
+
+
+def _merge_latency(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """Pool another round's samples per batch size and recompute the statistics over all of them."""
+    for b, lat in into.items():
+        ms = np.asarray(lat["samples_ms"] + more[b]["samples_ms"])
+        med = float(np.median(ms))
+        lat.update(
+            median_ms=round(med, 4),
+            p90_ms=round(float(np.percentile(ms, 90)), 4),
+            p99_ms=round(float(np.percentile(ms, 99)), 4),
+            ms_per_face=round(med / int(b), 4),
+            faces_per_s=round(1e3 * int(b) / med, 2) if med > 0 else None,
+            runs=len(ms),
+            samples_ms=[float(v) for v in ms],
+        )
+
+
+def _latency_fields(row: dict[str, Any], opts: BenchOptions) -> None:
+    """Latency at the smallest batch timed, throughput at the largest (the columns say which: columns())."""
+    lat1, lat8 = row["latency"].get(str(min(opts.batches))), row["latency"].get(str(max(opts.batches)))
+    row["ms_b1"] = lat1["median_ms"] if lat1 else None
+    row["ms_b1_p90"] = lat1["p90_ms"] if lat1 else None
+    row["ms_b1_p99"] = lat1["p99_ms"] if lat1 else None
+    row["faces_s_b8"] = lat8["faces_per_s"] if lat8 else None
 
 
 def _r(v: float | None) -> float | None:

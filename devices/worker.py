@@ -64,6 +64,7 @@ def latency(clf, shape: tuple[int, ...], batches: list[int], runs: int, warmup: 
             "faces_per_s": round(1e3 * b / med, 2) if med > 0 else None,
             "runs": runs,
             "warmup": warmup,
+            "samples_ms": [round(float(v), 4) for v in ms],
         }
     return out
 

@@ -10,7 +10,7 @@ checkpoints of the same model family:
   seed from the manifest; checked to give the shipped bundle's logits) and its BitLinear twin.
 --fp/--bit override either.
 
-    python benchmarks/devices/bench_default_family.py --fp runs/sbi_fp_tiny/model     # ~6 min, 2-core CPU
+    python benchmarks/devices/bench_default_family.py --fp runs/detector_fp/model     # ~6 min, 2-core CPU
 
 Writes benchmarks/devices/results.json (the bench result), results.md and results.html (as edgedf
 report writes them, with its PNG plots), and appends to benchmarks/devices/bench.log.jsonl.
@@ -73,7 +73,7 @@ def DEFAULT_DESC() -> str:  # noqa: N802
 
 
 def render(res: dict, out: Path) -> None:
-    from edgedf.devices.bench import COLUMNS, table_cells
+    from edgedf.devices.bench import COLUMNS, run_facts, table_cells
     from edgedf.devices.report import Doc, add_plots, merged_rows
 
     h, w = res["host"], res["what"]
@@ -97,7 +97,7 @@ def render(res: dict, out: Path) -> None:
     doc.para(
         "ms/face b1: median (p90, p99) batch-1 latency after warm-up with the target's threads (0 = all cores); "
         "faces/s b8: batch-8 throughput; peak RSS (VmHWM) of the fresh process that ran the bundle. "
-        "AUC frame: all face crops of both sets pooled (per set in the second table)."
+        "AUC frame: all face crops of both sets pooled (per set in the second table). " + run_facts(res)
     )
     doc.heading("Plots")
     images: dict[str, bytes] = {}
@@ -109,7 +109,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fp", type=Path, help="full-precision checkpoint (default: the default bundle's)")
     ap.add_argument("--bit", type=Path, help="BitLinear checkpoint (default: the default bundle's twin)")
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per batch size and round")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds, bundles in turn (edgedf bench --rounds)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--render-only", action="store_true", help="rebuild results.md/html from results.json")
     args = ap.parse_args()
@@ -163,7 +164,8 @@ def main() -> int:
                 opts.min_agreement = 0.0
                 out, _ = export_bundle(ck, opts)
             bundles.append(out)
-        res = bench(bundles, BenchOptions(data=EVAL_SETS, runs=args.runs), say=lambda m: print(m, flush=True))
+        bench_opts = BenchOptions(data=EVAL_SETS, runs=args.runs, rounds=args.rounds)
+        res = bench(bundles, bench_opts, say=lambda m: print(m, flush=True))
         res["what"] = {
             "default_bundle": str(DEFAULT.relative_to(ROOT)),
             "default_bundle_model": DEFAULT_DESC(),

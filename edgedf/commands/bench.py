@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
         batch: str = typer.Option("1,8", "--batch", "-b", help="Batch sizes to time, comma-separated."),
         runs: int = typer.Option(50, "--runs", "-n", help="Timed runs per batch size (after warm-up)."),
         warmup: int = typer.Option(10, "--warmup", help="Untimed runs first."),
+        rounds: int = typer.Option(
+            1, "--rounds", help="Time every bundle R times, in turn, each in a fresh process (shared machines)."
+        ),
         threads: int | None = typer.Option(None, "--threads", help="Override the profile's thread count."),
         floor: float | None = typer.Option(
             None, "--floor", help="AUC floor: exit 1 when a bundle scores below it (needs --data)."
@@ -66,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
         opts = BenchOptions(
             data=list(data), target=target, batches=parse_batches(batch), runs=runs, warmup=warmup,
-            floor=floor, threads=threads,
+            floor=floor, threads=threads, rounds=rounds,
         )  # fmt: skip
         result = bench(bundles, opts, say=lambda m: err_console.print(m, highlight=False))
         h = result["host"]

@@ -12,10 +12,11 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from edgedf.cli import app
-from edgedf.devices.bench import BenchOptions, bench, parity_verdict
+from edgedf.devices.bench import BenchOptions, bench, parity_verdict, run_facts
 from edgedf.devices.data import face_crops, list_labelled
 from edgedf.runtime.backends import available, open_classifier
 from edgedf.runtime.bundle import load_bundle
+from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.parity import STORED
 
 runner = CliRunner()
@@ -74,6 +75,24 @@ def test_measurements(bench_run, bundles, labelled):
     assert row["auc_frame"] == pytest.approx(roc_auc_score(fc.labels, p), abs=1e-4)
     assert row["auc_video"] is None  # still images only
     assert row["accuracy"]["crops"] == 8 and row["accuracy"]["fake_crops"] == 4
+
+
+def test_rounds_pool_every_round_s_samples(bundles):
+    """--rounds 3: each bundle timed in three fresh processes, in turn; the statistics are over all samples."""
+    res = bench([bundles["ort_fp32"], bundles["cpu_ternary"]], BenchOptions(runs=2, warmup=1, rounds=3))
+    assert res["options"]["rounds"] == 3 and "6 timed runs per batch size in 3 rounds" in run_facts(res)
+    for row in res["rows"]:
+        assert row["status"] == "pass", row
+        for b, lat in row["latency"].items():
+            ms = np.asarray(lat["samples_ms"])
+            assert lat["runs"] == len(ms) == 6
+            assert lat["median_ms"] == pytest.approx(np.median(ms), abs=1e-3)
+            assert lat["p90_ms"] == pytest.approx(np.percentile(ms, 90), abs=1e-3)
+            assert lat["faces_per_s"] == pytest.approx(1e3 * int(b) / np.median(ms), rel=1e-3)
+        assert row["ms_b1"] == row["latency"]["1"]["median_ms"]
+        assert row["faces_s_b8"] == row["latency"]["8"]["faces_per_s"]
+    with pytest.raises(EdgedfError, match="--rounds"):
+        bench([bundles["ort_fp32"]], BenchOptions(rounds=0))
 
 
 def test_json_table_and_log(bench_run, bundles, tmp_path):
