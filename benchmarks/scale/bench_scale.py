@@ -9,9 +9,9 @@ interleaved `--reps` times; the figure is the median wall time of the whole proc
 and, for Ray, starting a local instance included). For one process and the pool, the CPU time of the
 process tree over its wall time says how many of the cores it kept busy.
 
-Also measured: the per-source overhead of each mode on empty work (sources that fail at once, so no
-decoding or inference) from the slope of wall time over 20 vs 1020 such sources, and each stage's share of
-a one-process run (the pipeline's own timers), which the capacity model in docs/scale-out.md rests on.
+Also measured: the per-source overhead of each mode on empty work (sources that fail as soon as a worker
+opens them, so no decoding or inference) from the slope of wall time over 20 vs 1020 such sources, and each
+stage's share of a one-process run (the pipeline's own timers), which the capacity model in docs/scale-out.md rests on.
 Results: results.json and results.md beside this script.
 """
 
@@ -104,14 +104,20 @@ def ray_cluster(cpus: int, needed: bool):
 
 
 def overhead(tmp: Path, workers: int) -> dict:
-    """Per-source cost of each mode on empty work: sources that fail at once (file not found)."""
+    """Per-source cost of each mode on empty work: sources that fail as soon as a worker opens them (a few
+    bytes that no decoder reads). Missing or empty files would not do: the driver refuses those itself,
+    before any pool or Ray starts."""
+    junk = tmp / "junk"
+    junk.mkdir(parents=True, exist_ok=True)
+    for i in range(1020):
+        (junk / f"junk_{i}.mp4").write_bytes(b"not a video " * 8)
     out = {}
     for name, extra in MODES.items():
         extra = [x if x != "2" else str(workers) for x in extra]
         walls = {}
         for n in (20, 1020):
             lst = tmp / f"empty_{n}.txt"
-            lst.write_text("\n".join(str(tmp / f"missing_{i}.mp4") for i in range(n)))
+            lst.write_text("\n".join(str(junk / f"junk_{i}.mp4") for i in range(n)))
             with ray_cluster(workers, "auto" in extra):
                 walls[n] = statistics.median(
                     run_cli(["--from-list", str(lst), "--no-frames", *extra])["wall_s"] for _ in range(2)
@@ -218,7 +224,7 @@ def render(r: dict) -> str:
     for k, v in r["stage_seconds_1_process"].items():
         if k != "total" and v > 0:
             lines.append(f"| {k} | {v:.2f} | {100 * v / total:.0f} % |")
-    lines += ["", "Per-source overhead on empty work (sources that fail at once; slope over 20 vs 1020 sources):",
+    lines += ["", "Per-source overhead on empty work (undecodable sources; slope over 20 vs 1020 sources):",
               "", "| mode | per source (ms) | fixed (s): start, models, workers |", "|---|---|---|"]  # fmt: skip
     for m, x in r["empty_work_overhead"].items():
         lines.append(f"| {m} | {x['per_source_ms']:.1f} | {x['fixed_s']:.1f} |")
