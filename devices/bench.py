@@ -44,6 +44,7 @@ from edgedf.runtime.parity import STORED, reference_holds
 from .auc import roc_auc
 from .data import FaceCrops, LabelledItem, face_crops, list_labelled
 from .profiles import get_profile
+from .worker import latency_stats
 
 PASS, FAIL, ERROR = "✅", "❎", "❌"
 MIN_AGREEMENT = 0.99
@@ -404,17 +405,7 @@ def _run_worker(job: dict[str, Any], opts: BenchOptions) -> dict[str, Any] | str
 def _merge_latency(into: dict[str, Any], more: dict[str, Any]) -> None:
     """Pool another round's samples per batch size and recompute the statistics over all of them."""
     for b, lat in into.items():
-        ms = np.asarray(lat["samples_ms"] + more[b]["samples_ms"])
-        med = float(np.median(ms))
-        lat.update(
-            median_ms=round(med, 4),
-            p90_ms=round(float(np.percentile(ms, 90)), 4),
-            p99_ms=round(float(np.percentile(ms, 99)), 4),
-            ms_per_face=round(med / int(b), 4),
-            faces_per_s=round(1e3 * int(b) / med, 2) if med > 0 else None,
-            runs=len(ms),
-            samples_ms=[float(v) for v in ms],
-        )
+        lat.update(latency_stats(lat["samples_ms"] + more[b]["samples_ms"], int(b), lat["warmup"]))
 
 
 def _latency_fields(row: dict[str, Any], opts: BenchOptions) -> None:

@@ -54,19 +54,24 @@ def latency(clf, shape: tuple[int, ...], batches: list[int], runs: int, warmup: 
             t0 = time.perf_counter()
             clf.infer(x)
             ts.append(time.perf_counter() - t0)
-        ms = np.asarray(ts) * 1e3
-        med = float(np.median(ms))
-        out[str(b)] = {
-            "median_ms": round(med, 4),
-            "p90_ms": round(float(np.percentile(ms, 90)), 4),
-            "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "ms_per_face": round(med / b, 4),
-            "faces_per_s": round(1e3 * b / med, 2) if med > 0 else None,
-            "runs": runs,
-            "warmup": warmup,
-            "samples_ms": [round(float(v), 4) for v in ms],
-        }
+        out[str(b)] = latency_stats([t * 1e3 for t in ts], b, warmup)
     return out
+
+
+def latency_stats(samples_ms: list[float], batch: int, warmup: int) -> dict[str, Any]:
+    """Median, p90, p99 and throughput of timed runs at one batch size (the samples kept: rounds pool them)."""
+    ms = np.asarray(samples_ms)
+    med = float(np.median(ms))
+    return {
+        "median_ms": round(med, 4),
+        "p90_ms": round(float(np.percentile(ms, 90)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "ms_per_face": round(med / batch, 4),
+        "faces_per_s": round(1e3 * batch / med, 2) if med > 0 else None,
+        "runs": len(ms),
+        "warmup": warmup,
+        "samples_ms": [round(float(v), 4) for v in ms],
+    }
 
 
 def reference_model(bundle, backend: str):
