@@ -506,6 +506,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         persistent_workers=cfg.workers > 0,
         prefetch_factor=4 if cfg.workers > 0 else None,
         generator=torch.Generator().manual_seed(cfg.seed),  # not the global RNG: resume must not shift it
+        worker_init_fn=_one_cv2_thread if cfg.workers > 0 else None,
     )
     batches = iter(loader)
     best = _best_auc(out)
@@ -631,6 +632,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- bookkeeping helpers
+
+
+def _one_cv2_thread(_worker_id: int) -> None:
+    """A DataLoader worker is one of many processes: OpenCV's own thread pool in each would oversubscribe."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _append_metrics(path: Path, rec: dict[str, Any]) -> None:
