@@ -1,9 +1,10 @@
 """Pack what one GPU training run needs into a small folder, for a GPU machine reached over a link that
 carries little (here: 64 MiB in all, the working tree included).
 
-    python benchmarks/training/gpu/pack.py --out gpu_pack [--quality 90] [--faces 3000]
+    python benchmarks/training/gpu/pack.py --out gpu_pack [--quality 90] [--faces 1800]
 
-Writes, under --out:
+Writes one gzipped tar, --out + ".tar.gz" (thousands of 3 KB files would each take a whole disk block
+on the way), holding --out/:
   dfdc128/, ffpp128/   every crop of the labelled folders (train and dev splits), WebP at --quality
   faces128/            --faces of the real faces' training crops (evenly spread), WebP, for self-blends
   detector_fp/         the full-precision twin the student starts from, fp16 weights
@@ -21,6 +22,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -71,7 +73,7 @@ def main() -> None:
     ap.add_argument("--crops", type=Path, default=Path("runs/crops"))
     ap.add_argument("--twin", type=Path, default=Path("runs/detector_fp/model"))
     ap.add_argument("--quality", type=int, default=90)
-    ap.add_argument("--faces", type=int, default=3000)
+    ap.add_argument("--faces", type=int, default=1800)
     a = ap.parse_args()
     if a.out.exists():
         shutil.rmtree(a.out)
@@ -87,8 +89,11 @@ def main() -> None:
     convert_lite0(lite0)
     save_file(half(load_file(str(lite0))), str(a.out / "efficientnet_lite0.safetensors"))
     lite0.unlink()
-    total = sum(p.stat().st_size for p in a.out.rglob("*") if p.is_file())
-    print(", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()) + f"; pack {total / 2**20:.1f} MiB")
+    tar = a.out.with_name(a.out.name + ".tar.gz")
+    with tarfile.open(tar, "w:gz", compresslevel=6) as t:
+        t.add(a.out, arcname=a.out.name)
+    shutil.rmtree(a.out)
+    print(", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()) + f"; {tar} {tar.stat().st_size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The shipped recipe's teacher and student on one GPU, from a pack made by pack.py, in a fixed time:
-#   PACK=gpu_pack OUT=runs/gpu_out bash benchmarks/training/gpu/run_device.sh
+#   PACK=gpu_pack.tar.gz OUT=runs/gpu_out bash benchmarks/training/gpu/run_device.sh
 # configs/detector_teacher.yaml then configs/detector_bit.yaml, each with the GPU overrides below (batch
 # 128, LR scaled by sqrt(2), EMA 0.999, cosine over wall-clock minutes, 2 fewer DataLoader workers than
 # cores). Works without installing edgedf: the package is laid out under a temporary folder.
 # Writes to $OUT: teacher.tar (best/), student_best.tar, student_model.tar, logs.tar (metrics, configs, logs).
 set -uo pipefail
-PACK=${PACK:-gpu_pack}
+PACK=${PACK:-gpu_pack.tar.gz}
 OUT=${OUT:-runs/gpu_out}
 RUNS=${RUNS:-runs}
 TEACHER_MIN=${TEACHER_MIN:-3}
@@ -15,6 +15,9 @@ WORKERS=${WORKERS:-$(($(nproc) - 2))}
 DEVICE=${DEVICE:-auto}
 PY=${PY:-python3}
 mkdir -p "$OUT" "$RUNS"
+if [[ $PACK == *.tar.gz ]]; then
+    tar -C "$RUNS" -xzf "$PACK" && PACK=$RUNS/$(basename "$PACK" .tar.gz) || exit 1
+fi
 
 pkg=$(mktemp -d)
 cp -r edgedf "$pkg/edgedf"
