@@ -300,12 +300,13 @@ def param_groups(model: nn.Module, weight_decay: float, stem_lr_scale: float = 1
     ]
 
 
-def lr_at(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
-    """Linear warm-up, then cosine from lr to min_lr at max_steps (schedule time: at max_minutes)."""
+def lr_at(step: int, cfg: TrainConfig, minutes: float = 0.0, warm_minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine from lr to min_lr at max_steps (schedule time: over the minutes from
+    the end of warm-up, `warm_minutes`, to max_minutes, so a slow start cannot eat the cosine's top)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "time":
-        t = min(minutes / cfg.max_minutes, 1.0)
+        t = min(max(minutes - warm_minutes, 0.0) / max(cfg.max_minutes - warm_minutes, 1e-9), 1.0)
     else:
         t = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
@@ -467,13 +468,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
 
     # resume
-    step, minutes_before = 0, 0.0
+    step, minutes_before, warm_minutes = 0, 0.0, 0.0
     last_dir = out / "last"
     if not (last_dir / STATE_JSON).is_file() and (out / ".last.old" / STATE_JSON).is_file():
         last_dir = out / ".last.old"  # killed between atomic_dir's two renames: the previous state is whole
     if (last_dir / STATE_JSON).is_file():
         step, meta = load_state(last_dir, model, opt, ema)
         minutes_before = float(meta.get("minutes", 0.0))
+        warm_minutes = float(meta.get("warm_minutes") or 0.0)
         if d.rank:  # each rank draws its own dropout noise; only rank 0's RNG stream is restored exactly
             torch.manual_seed(cfg.seed + 1000 * d.rank + step)
         if d.main:
@@ -522,7 +524,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 clock = torch.tensor([minutes], dtype=torch.float64, device=device)
                 dist.broadcast(clock, 0)
                 minutes = float(clock.item())
-            lr = lr_at(step, cfg, minutes)
+            if step == cfg.warmup_steps and cfg.schedule == "time":  # the cosine's clock starts here
+                warm_minutes = minutes
+            lr = lr_at(step, cfg, minutes, warm_minutes)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             x, y = next(batches)
@@ -603,7 +607,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
             if step % cfg.ckpt_every == 0 or final:
                 if d.main:
-                    save_state(out, model, opt, ema, step, data, {"best": best, "minutes": minutes})
+                    extra = {"best": best, "minutes": minutes, "warm_minutes": warm_minutes}
+                    save_state(out, model, opt, ema, step, data, extra)
                 barrier(d)
             if stop:
                 if d.main:

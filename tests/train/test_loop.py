@@ -203,6 +203,17 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(60, cfg) == pytest.approx(0.5) and lr_at(110, cfg) == pytest.approx(0.0)
     timed = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=1, schedule="time", max_minutes=10)
     assert lr_at(5, timed, minutes=5.0) == pytest.approx(0.5)
+    # the cosine runs from the end of warm-up: a slow start (6 of 10 minutes) leaves it whole
+    assert lr_at(5, timed, minutes=6.0, warm_minutes=6.0) == pytest.approx(1.0)
+    assert lr_at(5, timed, minutes=8.0, warm_minutes=6.0) == pytest.approx(0.5)
+
+
+def test_time_schedule_starts_its_cosine_after_warm_up(face_crops, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(face_crops, run, schedule="time", max_minutes=5.0, max_steps=4, eval_every=100))
+    lrs = {r["step"]: r["lr"] for r in metrics(run) if "loss" in r}
+    assert lrs[3] == pytest.approx(TrainConfig().lr, rel=1e-9)  # the first step after 2 warm-up steps: the top
+    assert 0 < json.loads((run / "last/state.json").read_text())["warm_minutes"] < 5.0
 
 
 def test_step_sampler_ranks_partition_the_global_batch_and_resume_exactly():

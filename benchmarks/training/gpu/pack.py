@@ -93,7 +93,8 @@ def main() -> None:
     with tarfile.open(tar, "w:gz", compresslevel=6) as t:
         t.add(a.out, arcname=a.out.name)
     shutil.rmtree(a.out)
-    print(", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()) + f"; {tar} {tar.stat().st_size / 2**20:.1f} MiB")
+    parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items())
+    print(f"{parts}; {tar} {tar.stat().st_size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

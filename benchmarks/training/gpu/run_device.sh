@@ -27,18 +27,20 @@ export PYTHONPATH=$pkg PYTHONUNBUFFERED=1
   "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'; } 2>&1 | tee "$OUT/env.txt"
 
 common=(crops="$PACK/faces128" "labeled_crops=[$PACK/dfdc128, $PACK/ffpp128]" workers="$WORKERS" threads=4
-        batch_size=128 ema=0.999 warmup_steps=300 schedule=time max_steps=10000000 eval_every=500
+        batch_size=128 ema="${EMA:-0.998}" warmup_steps="${WARMUP:-20}" schedule=time max_steps=10000000 eval_every=500
         ckpt_every=2000 log_every=50 device="$DEVICE" --no-progress)
 mkdir -p "$RUNS/gpu_teacher"
 cp "$PACK/efficientnet_lite0.safetensors" "$RUNS/gpu_teacher/"  # what init: efficientnet-lite0 reads
-"$PY" -m edgedf train configs/detector_teacher.yaml out="$RUNS/gpu_teacher" max_minutes="$TEACHER_MIN" \
+"$PY" -P -m edgedf train configs/detector_teacher.yaml out="$RUNS/gpu_teacher" max_minutes="$TEACHER_MIN" \
     lr=4.2e-4 "${common[@]}" 2>&1 | tee "$OUT/teacher.log"
-"$PY" -m edgedf train configs/detector_bit.yaml out="$RUNS/gpu_student" max_minutes="$STUDENT_MIN" \
+[[ $STUDENT_MIN == 0 ]] || "$PY" -P -m edgedf train configs/detector_bit.yaml out="$RUNS/gpu_student" max_minutes="$STUDENT_MIN" \
     init="$PACK/detector_fp" teacher="$RUNS/gpu_teacher/best" lr=7e-4 "${common[@]}" 2>&1 | tee "$OUT/student.log"
 
 tar -C "$RUNS" -cf "$OUT/teacher.tar" gpu_teacher/best
-tar -C "$RUNS" -cf "$OUT/student_best.tar" gpu_student/best  # one file each: 16 MiB at most come back
-tar -C "$RUNS" -cf "$OUT/student_model.tar" gpu_student/model
-tar -C "$RUNS" -cf "$OUT/logs.tar" gpu_teacher/metrics.jsonl gpu_teacher/config.yaml \
-    gpu_student/metrics.jsonl gpu_student/config.yaml
+tar -C "$RUNS" -cf "$OUT/logs.tar" gpu_teacher/metrics.jsonl gpu_teacher/config.yaml
+if [[ $STUDENT_MIN != 0 ]]; then
+    tar -C "$RUNS" -cf "$OUT/student_best.tar" gpu_student/best  # one file each: 16 MiB at most come back
+    tar -C "$RUNS" -cf "$OUT/student_model.tar" gpu_student/model
+    tar -C "$RUNS" -rf "$OUT/logs.tar" gpu_student/metrics.jsonl gpu_student/config.yaml
+fi
 ls -la "$OUT"
