@@ -312,9 +312,16 @@ class MixedDetect(Dataset):
         return [(torch.from_numpy(self.spec.to_input(im)[0]), y) for im, y in zip(images, labels, strict=True)]
 
 
-def collate_mixed(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixedDetect's lists of (x, label) (or plain (x, label) items, as validation gives) -> (x, y)."""
+def collate_mixed(batch: list, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixedDetect's lists of (x, label) (or plain (x, label) items, as validation gives) -> (x, y).
+
+    Items hold one or two images, so a batch of them varies in length from step to step; `size` cuts it
+    or tops it up (from its own start) to exactly that many images. Training uses it: every new batch
+    length is a new input shape, which cuDNN and oneDNN plan and compile afresh.
+    """
     flat = [item for items in batch for item in (items if isinstance(items, list) else [items])]
+    if size is not None and flat:
+        flat = (flat * -(-size // len(flat)))[:size]
     return torch.stack([x for x, _ in flat]), torch.tensor([y for _, y in flat], dtype=torch.long)
 
 

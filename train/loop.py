@@ -15,6 +15,7 @@ resumes it.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -414,6 +415,26 @@ def validate(model: nn.Module, data: Data, device: torch.device, batch_size: int
     return out
 
 
+def train_loader(cfg: TrainConfig, data: Data, step: int = 0, d: Dist | None = None) -> DataLoader:
+    """Endless training batches from `step` on, this rank's share; each holds cfg.batch_size images."""
+    d = d or Dist()
+    per_step = max(int(round(cfg.batch_size / images_per_item(cfg, data))), 1)
+    sampler = StepBatchSampler(len(data.train), per_step, seed=cfg.seed, start_step=step, rank=d.rank, world=d.world)
+    collate = data.collate
+    if collate is collate_mixed:  # one image or a pair per item: a fixed number per step (fixed shapes)
+        collate = functools.partial(collate_mixed, size=cfg.batch_size)
+    return DataLoader(
+        data.train,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+        generator=torch.Generator().manual_seed(cfg.seed),  # not the global RNG: resume must not shift it
+        worker_init_fn=_one_cv2_thread if cfg.workers > 0 else None,
+    )
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -498,18 +519,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             model, device_ids=[device.index] if device_type == "cuda" else None
         )
 
-    per_step = max(int(round(cfg.batch_size / images_per_item(cfg, data))), 1)
-    sampler = StepBatchSampler(len(data.train), per_step, seed=cfg.seed, start_step=step, rank=d.rank, world=d.world)
-    loader = DataLoader(
-        data.train,
-        batch_sampler=sampler,
-        collate_fn=data.collate,
-        num_workers=cfg.workers,
-        persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None,
-        generator=torch.Generator().manual_seed(cfg.seed),  # not the global RNG: resume must not shift it
-        worker_init_fn=_one_cv2_thread if cfg.workers > 0 else None,
-    )
+    loader = train_loader(cfg, data, step, d)
     batches = iter(loader)
     best = _best_auc(out)
     t_start = time.time()

@@ -278,8 +278,23 @@ def test_mixed_data_balances_pairs_and_resumes_exactly(labeled_crops, face_crops
     assert all(torch.equal(a[0], b[0]) for a, b in zip(items[7], again, strict=True))
     x, y = data.collate([items[0], items[1]])
     assert len(x) == len(y) == len(items[0]) + len(items[1])
+    # training batches hold exactly batch_size images whatever the mix of pairs and singles
+    for size in (1, 3, 7):
+        xs, ys = data.collate(items[:4], size=size)
+        assert xs.shape[0] == len(ys) == size
+        flat = [im for it in items[:4] for im in it]
+        assert torch.equal(xs[0], flat[0][0]) and torch.equal(xs[-1], flat[(size - 1) % len(flat)][0])
     # validation: the labelled folder's non-train crops, both classes
     assert data.val is not None and {int(data.val[i][1]) for i in range(len(data.val))} == {0, 1}
+
+
+def test_training_batches_have_a_fixed_size_with_pairs_and_singles(labeled_crops, face_crops):
+    from edgedf.train.loop import train_loader
+
+    cfg = tiny_cfg(face_crops, "unused", labeled_crops=[str(labeled_crops)], sbi_weight=0.5, batch_size=10)
+    batches = iter(train_loader(cfg, build_data(cfg, None)))
+    shapes = {tuple(next(batches)[0].shape) for _ in range(12)}
+    assert shapes == {(10, 3, 32, 32)}  # without the fixed size: 8 to 14 images per step
 
 
 def test_training_on_real_fakes_plus_blends(labeled_crops, face_crops, tmp_path):
