@@ -32,11 +32,12 @@ def int8_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cases():
-    """(x [M, K], codes [N, K], g, bias [N]): tails in M, K and N, codes on .5 boundaries, and the worst case
-    for int16 pair sums (every activation code 127 against every weight +1, K = 1024: 4 widening rounds)."""
+    """(x [M, K], codes [N, K], g, bias [N]): tails in M, K and N (1 to 4 column blocks left over), codes on .5
+    boundaries, and the worst case for int16 pair sums (every activation code 127 against every weight +1,
+    K = 1024: 4 widening rounds)."""
     rng = np.random.default_rng(0)
     out = []
-    for m, k, n in ((13, 44, 40), (50, 384, 96), (7, 1540, 33), (70, 192, 64)):  # K % 4 == 0: the canonical packing
+    for m, k, n in ((13, 44, 40), (50, 384, 96), (7, 1540, 33), (70, 192, 80)):  # K % 4 == 0: the canonical packing
         x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.01, 30, (m, 1)).astype(np.float32)
         x[:, 1] = np.abs(x).max(1) * (np.arange(m) + 0.5) / 127  # x * s lands on .5 (up to rounding)
         codes = rng.integers(-1, 2, (n, k))
