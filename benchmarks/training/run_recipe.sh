@@ -5,7 +5,8 @@
 #   EfficientNet-Lite0 teacher, the BitLinear student (started from the twin, distilled from the teacher),
 #   the shipped bundle, and every goal figure.
 # Usage: bash benchmarks/training/run_recipe.sh [DATA=../shared/data]   (writes under runs/, gitignored)
-# On a GPU the same configs run as they are (device: auto; bf16 autocast; torchrun for several GPUs).
+# On a GPU the same configs run as they are (device: auto; bf16 autocast; torchrun for several GPUs);
+# benchmarks/training/gpu/run_device.sh runs teacher and student there in fixed minutes (its README).
 set -euo pipefail
 DATA=${1:-../shared/data}
 cd "$(dirname "$0")/../.."
