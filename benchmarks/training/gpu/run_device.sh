@@ -2,8 +2,9 @@
 # The shipped recipe's teacher and student on one GPU, from a pack made by pack.py, in a fixed time:
 #   PACK=gpu_pack.tar.gz OUT=runs/gpu_out bash benchmarks/training/gpu/run_device.sh
 # configs/detector_teacher.yaml then configs/detector_bit.yaml, each with the GPU overrides below (batch
-# 128, LR scaled by sqrt(2), EMA 0.999, cosine over wall-clock minutes, 2 fewer DataLoader workers than
-# cores). Works without installing edgedf: the package is laid out under a temporary folder.
+# 128, LR scaled by sqrt(2), EMA 0.998 (EMA=), warm-up 20 steps (WARMUP=), cosine over wall-clock minutes,
+# 2 fewer DataLoader workers than cores; STUDENT_MIN=0 trains the teacher only). Works without installing
+# edgedf: the package is laid out under a temporary folder (python -P: the checkout's edgedf/ not first).
 # Writes to $OUT: teacher.tar (best/), student_best.tar, student_model.tar, logs.tar (metrics, configs, logs).
 set -uo pipefail
 PACK=${PACK:-gpu_pack.tar.gz}
@@ -27,8 +28,8 @@ export PYTHONPATH=$pkg PYTHONUNBUFFERED=1
   "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'; } 2>&1 | tee "$OUT/env.txt"
 
 common=(crops="$PACK/faces128" "labeled_crops=[$PACK/dfdc128, $PACK/ffpp128]" workers="$WORKERS" threads=4
-        batch_size=128 ema="${EMA:-0.998}" warmup_steps="${WARMUP:-20}" schedule=time max_steps=10000000 eval_every=500
-        ckpt_every=2000 log_every=50 device="$DEVICE" --no-progress)
+        batch_size=128 ema="${EMA:-0.998}" warmup_steps="${WARMUP:-20}" schedule=time max_steps=10000000
+        eval_every=500 ckpt_every=2000 log_every=50 device="$DEVICE" --no-progress)
 mkdir -p "$RUNS/gpu_teacher"
 cp "$PACK/efficientnet_lite0.safetensors" "$RUNS/gpu_teacher/"  # what init: efficientnet-lite0 reads
 "$PY" -P -m edgedf train configs/detector_teacher.yaml out="$RUNS/gpu_teacher" max_minutes="$TEACHER_MIN" \
