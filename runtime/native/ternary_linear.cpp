@@ -390,7 +390,9 @@ static void tile_wide(const Packed& p, const uint8_t* a, const float* s, float g
 template <int MR>
 static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
                  int64_t m, int64_t nb) {
-    if (isa == Isa::avx512 || isa == Isa::amx) {
+    if (isa == Isa::avx512) {
+        tile_wide<MR>(p, a, s, g, bias, y, m, nb);
+    } else if (isa == Isa::amx) {  // the rows left below whole AMX tiles, in AMX's 2-block column steps
         if (nb + 1 < p.nb)
             tile_avx512<MR, 2>(p, a, s, g, bias, y, m, nb);
         else
@@ -409,17 +411,10 @@ constexpr int kMR = 6;  // rows per tile
 static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
                  int64_t m0, int64_t m1) {
 #if defined(__x86_64__)
-    if (isa == Isa::avx512) {
-        for (int64_t nb = 0; nb < p.nb; nb += 4) {
-            int64_t m = m0;
-            for (; m + kMR <= m1; m += kMR) tile_wide<kMR>(p, a, s, g, bias, y, m, nb);
-            for (; m < m1; ++m) tile_wide<1>(p, a, s, g, bias, y, m, nb);
-        }
-        return;
-    }
     if (isa != Isa::scalar) {
         if (isa == Isa::amx) amx_configure();
-        for (int64_t nb = 0; nb < p.nb; nb += 2) {
+        const int64_t step = isa == Isa::avx512 ? 4 : 2;  // column blocks per tile call (tile_wide: 4)
+        for (int64_t nb = 0; nb < p.nb; nb += step) {
             int64_t m = m0;
             if (isa == Isa::amx && nb + 1 < p.nb)  // whole 32-row tiles; the rest on the AVX-512 VNNI path
                 for (; m + 32 <= m1; m += 32) tile_amx(p, a, s, g, bias, y, m, nb);

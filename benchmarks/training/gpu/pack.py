@@ -19,7 +19,6 @@ on the original crops, on the machine that has them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import tarfile
@@ -29,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from edgedf.runtime.fsutil import sha256_file
 
 
 def pack_crops(src: Path, dst: Path, quality: int, keep: int = 0, splits: tuple[str, ...] = ()) -> int:
@@ -63,7 +64,7 @@ def pack_checkpoint(src: Path, dst: Path) -> None:
     cfg = json.loads((src / "config.json").read_text())
     name = cfg["weights"].get("file", "model.safetensors")
     save_file(half(load_file(str(src / name))), str(dst / name))
-    cfg["weights"]["sha256"] = hashlib.sha256((dst / name).read_bytes()).hexdigest()
+    cfg["weights"]["sha256"] = sha256_file(dst / name)
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
