@@ -18,6 +18,9 @@
 //     (256 k values) accumulate in int16 before one vpmaddwd widens them: 2 instructions per step, not 3.
 //   scalar: anything else (and the reference the SIMD paths are tested against).
 // The path is chosen at run time from the CPU; EDGEDF_TERNARY_ISA=amx|avx512|avx2|scalar forces one (tests).
+// The RMSNorm in front of each BitLinear is taken into the op as OpenVINO reads the ONNX (with_fused_norm): each
+// task normalises its rows in cache and quantises them, so the normalised tensor never goes out to memory. Its
+// float operations are the same on every path; like OpenVINO's own RMS op, it does not round as PyTorch does.
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -39,8 +42,14 @@
 #include "openvino/core/parallel.hpp"
 #include "openvino/frontend/onnx/extension/conversion.hpp"
 #include "openvino/frontend/node_context.hpp"
+#include "openvino/op/add.hpp"
 #include "openvino/op/constant.hpp"
+#include "openvino/op/divide.hpp"
+#include "openvino/op/multiply.hpp"
 #include "openvino/op/op.hpp"
+#include "openvino/op/power.hpp"
+#include "openvino/op/reduce_mean.hpp"
+#include "openvino/op/sqrt.hpp"
 
 namespace edgedf {
 
@@ -186,6 +195,45 @@ __attribute__((target("avx2,fma"))) static void quantize_rows_avx2(const float* 
     }
 }
 #endif
+
+// The RMSNorm in front of a BitLinear, fused into its op (with_fused_norm below): rows [0, m) of x into out as
+// (x * (1 / sqrt(mean(x^2) + eps))) * gamma. The sum of squares runs in 8 partial sums, added in order at the end:
+// the same float operations on every path (no FMA contraction: -ffp-contract=off), so every path gives the same
+// normalised rows, and therefore the same codes.
+__attribute__((always_inline)) static inline void rms_norm_rows_body(const float* x, int64_t m, int64_t k,
+                                                                       const float* gamma, float eps, float* out) {
+    for (int64_t r = 0; r < m; ++r) {
+        const float* xr = x + r * k;
+        float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        int64_t i = 0;
+        for (; i + 8 <= k; i += 8)
+            for (int j = 0; j < 8; ++j) part[j] += xr[i + j] * xr[i + j];
+        float ss = 0.f;
+        for (float v : part) ss += v;
+        for (; i < k; ++i) ss += xr[i] * xr[i];
+        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps);
+        float* o = out + r * k;
+        for (i = 0; i < k; ++i) o[i] = xr[i] * inv * gamma[i];
+    }
+}
+
+static void rms_norm_rows_scalar(const float* x, int64_t m, int64_t k, const float* gamma, float eps, float* out) {
+    rms_norm_rows_body(x, m, k, gamma, eps, out);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void rms_norm_rows_avx2(const float* x, int64_t m, int64_t k,
+                                                               const float* gamma, float eps, float* out) {
+    rms_norm_rows_body(x, m, k, gamma, eps, out);
+}
+#endif
+
+static void rms_norm_rows(Isa isa, const float* x, int64_t m, int64_t k, const float* gamma, float eps, float* out) {
+#if defined(__x86_64__)
+    if (isa != Isa::scalar) return rms_norm_rows_avx2(x, m, k, gamma, eps, out);
+#endif
+    rms_norm_rows_scalar(x, m, k, gamma, eps, out);
+}
 
 static void quantize_rows(Isa isa, const float* x, int64_t m0, int64_t m1, int64_t k, int64_t k4, uint8_t* a,
                           float* s) {
@@ -441,7 +489,8 @@ public:
     explicit TernaryLinear(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 4, "TernaryLinear takes x, w_packed, w_scale, bias");
+        NODE_VALIDATION_CHECK(this, get_input_size() == 4 || get_input_size() == 6,
+                              "TernaryLinear takes x, w_packed, w_scale, bias (and, fused, norm_weight, norm_eps)");
         NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32, "x must be float32");
         NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::u8, "w_packed must be uint8");
         const auto& ws = get_input_partial_shape(1);
@@ -487,9 +536,18 @@ public:
         // tile come only at the end of the tensor (on AVX-512 VNNI, 60 rows per task run 15 % faster than 64)
         const int64_t rows_per_task = isa == Isa::amx ? 64 : 10 * kMR;
         const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
+        const float* gamma = inputs.size() == 6 ? inputs[4].data<const float>() : nullptr;
+        const float eps = gamma ? *inputs[5].data<const float>() : 0.f;
         ov::parallel_for(tasks, [&](int64_t t) {
             const int64_t m0 = t * rows_per_task, m1 = std::min(rows, m0 + rows_per_task);
-            quantize_rows(isa, xd, m0, m1, k, p->k4, codes, scales);
+            const float* xt = xd + m0 * k;
+            if (gamma) {  // the fused RMSNorm: this task's rows, normalised into a per-thread buffer (L2-sized)
+                static thread_local std::vector<float> xn;
+                xn.resize(std::max(xn.size(), static_cast<size_t>((m1 - m0) * k)));
+                rms_norm_rows(isa, xt, m1 - m0, k, gamma, eps, xn.data());
+                xt = xn.data();
+            }
+            quantize_rows(isa, xt, 0, m1 - m0, k, p->k4, codes + m0 * p->k4 * 4, scales + m0);
             gemm(isa, *p, codes, scales, g, bias, y, m0, m1);
         });
         return true;
@@ -512,6 +570,55 @@ private:
     std::shared_ptr<std::shared_ptr<Packed>> packed_ = std::make_shared<std::shared_ptr<Packed>>();
 };
 
+// The RMSNorm in front of each BitLinear, as the canonical ONNX writes it (train.bitlinear.RMSNorm):
+//   Mul(Div(x, Sqrt(Add(ReduceMean(Pow(x, 2), -1, keepdims), eps))), norm_weight)  ->  TernaryLinear(x, ...)
+// converts to one TernaryLinear with the norm's weight and eps as inputs 5 and 6, which normalises each task's
+// rows where it quantises them, instead of OpenVINO writing the normalised tensor out and the op reading it back.
+// The match runs as OpenVINO's ONNX frontend converts the node, whose inputs are then already converted (the
+// unused norm nodes drop out of the model); the bundle itself keeps the canonical graph.
+template <typename T>
+static std::shared_ptr<T> producer(const ov::Output<ov::Node>& out) {
+    return ov::as_type_ptr<T>(out.get_node_shared_ptr());
+}
+
+static std::shared_ptr<ov::op::v0::Constant> f32_constant(const ov::Output<ov::Node>& out, size_t size) {
+    const auto c = producer<ov::op::v0::Constant>(out);
+    return c && c->get_element_type() == ov::element::f32 && ov::shape_size(c->get_shape()) == size ? c : nullptr;
+}
+
+// args (x, w_packed, w_scale, bias) with the norm fused in where x is such a norm of the last axis, else as given.
+static ov::OutputVector with_fused_norm(const ov::OutputVector& args) {
+    using namespace ov::op;
+    const auto& xs = args[0].get_partial_shape();
+    const auto mul = producer<v1::Multiply>(args[0]);
+    if (args.size() != 4 || !mul || xs.rank().is_dynamic() || xs.size() == 0 || xs[xs.size() - 1].is_dynamic())
+        return args;
+    const auto k = static_cast<size_t>(xs[xs.size() - 1].get_length());
+    const auto last_axis = [&](const ov::Output<ov::Node>& axes) {
+        const auto c = producer<v0::Constant>(axes);
+        const auto v = c ? c->cast_vector<int64_t>() : std::vector<int64_t>{};
+        return v.size() == 1 && (v[0] == -1 || v[0] == static_cast<int64_t>(xs.size()) - 1);
+    };
+    for (int i = 0; i < 2; ++i) {  // Mul(norm, weight) or Mul(weight, norm); Add(mean, eps) or Add(eps, mean)
+        const auto div = producer<v1::Divide>(mul->input_value(i));
+        const auto gamma = f32_constant(mul->input_value(1 - i), k);
+        const auto sqrt = div ? producer<v0::Sqrt>(div->input_value(1)) : nullptr;
+        const auto add = sqrt ? producer<v1::Add>(sqrt->input_value(0)) : nullptr;
+        if (!gamma || !add) continue;
+        const ov::Output<ov::Node> x = div->input_value(0);
+        for (int j = 0; j < 2; ++j) {
+            const auto mean = producer<v1::ReduceMean>(add->input_value(j));
+            const auto eps = f32_constant(add->input_value(1 - j), 1);
+            const auto pow = mean ? producer<v1::Power>(mean->input_value(0)) : nullptr;
+            const auto two = pow ? f32_constant(pow->input_value(1), 1) : nullptr;
+            if (eps && two && two->cast_vector<float>()[0] == 2.f && pow->input_value(0) == x &&
+                mean->get_keep_dims() && last_axis(mean->input_value(1)))
+                return {x, args[1], args[2], args[3], gamma, eps};
+        }
+    }
+    return args;
+}
+
 }  // namespace edgedf
 
 extern "C" OPENVINO_EXTENSION_C_API const char* edgedf_ternary_isa() {
@@ -524,5 +631,5 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
          "TernaryLinear", "edgedf", [](const ov::frontend::NodeContext& node) -> ov::OutputVector {
              ov::OutputVector args;
              for (size_t i = 0; i < node.get_input_size(); ++i) args.push_back(node.get_input(static_cast<int>(i)));
-             return {std::make_shared<edgedf::TernaryLinear>(args)};
+             return {std::make_shared<edgedf::TernaryLinear>(edgedf::with_fused_norm(args))};
          })}));

@@ -38,7 +38,8 @@ def _cases():
     K = 1024: 4 widening rounds)."""
     rng = np.random.default_rng(0)
     out = []
-    for m, k, n in ((13, 44, 40), (50, 384, 96), (7, 1540, 33), (70, 192, 80), (33, 64, 24), (65, 128, 48), (99, 96, 16)):  # K % 4 == 0: the canonical packing
+    shapes = ((13, 44, 40), (50, 384, 96), (7, 1540, 33), (70, 192, 80), (33, 64, 24), (65, 128, 48), (99, 96, 16))
+    for m, k, n in shapes:  # K % 4 == 0: the canonical packing
         x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.01, 30, (m, 1)).astype(np.float32)
         x[:, 1] = np.abs(x).max(1) * (np.arange(m) + 0.5) / 127  # x * s lands on .5 (up to rounding)
         codes = rng.integers(-1, 2, (n, k))
@@ -57,15 +58,50 @@ def _reference(x, codes, g, bias):
     return acc.astype(np.float32) * (np.float32(g) / s) + bias
 
 
-def _one_node_model(codes, g, bias, k):
-    node = oh.make_node("TernaryLinear", ["x", "w", "g", "b"], ["y"], domain="edgedf")
+def _rms_norm(x, gamma, eps):
+    """The kernel's fused RMSNorm in float32, operation for operation: squares summed in 8 running partial sums
+    (column j into sum j % 8 up to the last whole 8) then in order, x * (1 / sqrt(mean + eps)) * gamma."""
+    k = x.shape[1]
+    k8 = k // 8 * 8
+    part = np.zeros((x.shape[0], 8), np.float32)
+    for i in range(0, k8, 8):
+        part += x[:, i : i + 8] * x[:, i : i + 8]
+    ss = np.zeros(x.shape[0], np.float32)
+    for j in range(8):
+        ss += part[:, j]
+    for i in range(k8, k):
+        ss += x[:, i] * x[:, i]
+    inv = np.float32(1) / np.sqrt(ss / np.float32(k) + np.float32(eps))
+    return x * inv[:, None] * gamma
+
+
+def _one_node_model(codes, g, bias, k, norm=None):
+    """TernaryLinear(x); with norm=(gamma, eps, exponent, axis) the RMSNorm in front of it as the canonical export
+    writes it: Mul(Div(x, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), eps))), gamma)."""
+    nodes = [oh.make_node("TernaryLinear", ["xn" if norm else "x", "w", "g", "b"], ["y"], domain="edgedf")]
     inits = [
         numpy_helper.from_array(pack(codes), "w"),
         numpy_helper.from_array(np.asarray(g, np.float32), "g"),
         numpy_helper.from_array(bias, "b"),
     ]
+    if norm:
+        gamma, eps, exponent, axis = norm
+        nodes[:0] = [
+            oh.make_node("Pow", ["x", "two"], ["sq"]),
+            oh.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+            oh.make_node("Add", ["ms", "eps"], ["mse"]),
+            oh.make_node("Sqrt", ["mse"], ["rms"]),
+            oh.make_node("Div", ["x", "rms"], ["xd"]),
+            oh.make_node("Mul", ["xd", "gamma"], ["xn"]),
+        ]
+        inits += [
+            numpy_helper.from_array(np.float32(exponent), "two"),
+            numpy_helper.from_array(np.array([axis], np.int64), "axes"),
+            numpy_helper.from_array(np.float32(eps), "eps"),
+            numpy_helper.from_array(gamma, "gamma"),
+        ]
     graph = oh.make_graph(
-        [node],
+        nodes,
         "t",
         [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["m", len(bias)])],
@@ -111,6 +147,56 @@ def test_native_kernel_is_bit_exact_on_every_cpu_path(native_kernel, tmp_path, i
         y, ref = np.load(out), _reference(x, codes, g, bias)
         assert y.shape == ref.shape
         assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
+
+
+def _norm(x, seed):
+    gamma = np.random.default_rng(seed).uniform(0.5, 1.5, x.shape[1]).astype(np.float32)
+    return gamma, np.float32(1e-6), 2.0, -1
+
+
+def _fused_nodes(lib, model: bytes) -> int:
+    """TernaryLinear nodes that took their RMSNorm in (6 inputs) as OpenVINO reads the ONNX with the extension."""
+    import openvino as ov
+
+    core = ov.Core()
+    core.add_extension(str(lib))
+    m = core.read_model(model=model, weights=ov.Tensor(np.empty(0, np.uint8)))
+    return sum(op.get_type_name() == "TernaryLinear" and len(op.inputs()) == 6 for op in m.get_ops())
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_fused_rms_norm_is_bit_exact_on_every_cpu_path(native_kernel, tmp_path, isa):
+    # the norm in front of each BitLinear runs inside the op; its float operations are the same on every path
+    env = {**os.environ, "EDGEDF_TERNARY_ISA": isa}
+    for i, (x, codes, g, bias) in enumerate(_cases()[:5]):
+        norm = _norm(x, i)
+        model = _one_node_model(codes, g, bias, x.shape[1], norm).SerializeToString()
+        assert _fused_nodes(native_kernel, model) == 1
+        (tmp_path / "m.onnx").write_bytes(model)
+        np.save(tmp_path / "x.npy", x)
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN_ONE, str(native_kernel), "m.onnx", "x.npy", "y.npy"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        y, ref = np.load(tmp_path / "y.npy"), _reference(_rms_norm(x, *norm[:2]), codes, g, bias)
+        assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
+
+
+@pytest.mark.parametrize("norm", [(4.0, -1), (2.0, 0)], ids=["not-a-square", "other-axis"])
+def test_only_the_rms_norm_itself_is_fused(native_kernel, norm):
+    # a look-alike (another exponent, another axis) stays in stock ops and still gives the right answer
+    x, codes, g, bias = _cases()[1]
+    gamma, eps = _norm(x, 0)[:2]
+    exponent, axis = norm
+    model = _one_node_model(codes, g, bias, x.shape[1], (gamma, eps, exponent, axis)).SerializeToString()
+    assert _fused_nodes(native_kernel, model) == 0
+    y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
+    xn = x / np.sqrt(np.mean(x**exponent, axis=axis, keepdims=True) + eps) * gamma
+    assert np.allclose(y, _reference(xn, codes, g, bias), rtol=1e-3, atol=1e-3 * np.abs(y).max())
 
 
 def test_stock_op_fallback_matches_the_kernel(native_kernel):
