@@ -1,0 +1,132 @@
+"""The native ternary kernel's GEMM alone, per CPU path: how close each path runs to its instruction limit.
+
+    python benchmarks/export/bench_kernel.py        # writes results_kernel.md / .json beside this file
+    python benchmarks/export/bench_kernel.py --source OLD.cpp   # another version of the kernel: prints only
+
+Compiles a small C++ harness that includes runtime/native/ternary_linear.cpp (the same source and flags as the
+extension) and times the GEMM of one ViT-S block at batch 8 (M = 1,576 tokens; qkv, proj, fc1, fc2: 2.79 GMAC)
+on one thread, in the row blocks the op gives each task (64 rows on AMX, 60 elsewhere), codes quantised once
+beforehand. Best of 40 runs, paths interleaved over 3 rounds in fresh processes (EDGEDF_TERNARY_ISA forces each
+path). The whole-model speed-ups are results*.md (bench_export.py); this says what the GEMM itself reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from edgedf.devices.bench import cpu_info, host_info
+from edgedf.runtime.backends import ov_native
+
+HERE = Path(__file__).parent
+HARNESS = r"""
+#include SOURCE
+#include <chrono>
+#include <cstdio>
+#include <random>
+using namespace edgedf;
+int main() {
+    const Isa isa = detect_isa();
+    const int64_t M = 1576, task = isa == Isa::amx ? 64 : 60;  // the op's rows per task
+    const int64_t layers[4][2] = {{384, 1152}, {384, 384}, {384, 1536}, {1536, 384}};  // K, N
+    struct Layer { std::shared_ptr<Packed> p; std::vector<float> y, bias, s; std::vector<uint8_t> a; };
+    std::vector<Layer> ls;
+    std::mt19937 rng(0);
+    double macs = 0;
+    for (const auto& kn : layers) {
+        const int64_t k = kn[0], n = kn[1];
+        std::vector<uint8_t> packed(n * k / 4);
+        for (auto& b : packed) b = (rng() % 3) | (rng() % 3) << 2 | (rng() % 3) << 4 | (rng() % 3) << 6;
+        Layer l;
+        l.p = pack(packed.data(), n, k);
+        std::vector<float> x(M * k);
+        for (auto& v : x) v = std::normal_distribution<float>()(rng);
+        l.y.resize(M * n), l.bias.assign(n, 0.1f), l.a.resize(M * l.p->k4 * 4), l.s.resize(M);
+        quantize_rows(isa, x.data(), 0, M, k, l.p->k4, l.a.data(), l.s.data());
+        macs += double(M) * k * n;
+        ls.push_back(std::move(l));
+    }
+    double best = 1e9;
+    for (int it = 0; it < 40; ++it) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (auto& l : ls)
+            for (int64_t m0 = 0; m0 < M; m0 += task)
+                gemm(isa, *l.p, l.a.data(), l.s.data(), 0.05f, l.bias.data(), l.y.data(), m0, std::min(M, m0 + task));
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    printf("%s %.4f %.1f\n", isa_name(isa), best * 1e3, macs / best / 1e9);
+}
+"""
+PATHS = (("avx2", "avx2"), ("avx512", "avx512_vnni"), ("amx", "amx_int8"))  # EDGEDF_TERNARY_ISA, CPU flag
+
+
+def build(tmp: Path, source: Path) -> Path:
+    _, ov_dir = ov_native._openvino()
+    libs = ov_dir / "libs"
+    link = [f"-l:{sorted(libs.glob(name + '*'))[0].name}" for name in ov_native.LIBS]
+    src = tmp / "harness.cpp"
+    src.write_text(HARNESS.replace("SOURCE", json.dumps(str(source.resolve()))))
+    exe = tmp / "harness"
+    flags = [f for f in ov_native.FLAGS if f not in ("-shared", "-fPIC")]
+    cmd = ["g++", *flags, f"-I{ov_dir / 'include'}", str(src), "-o", str(exe), f"-L{libs}", *link]
+    subprocess.run([*cmd, f"-Wl,-rpath,{libs}"], check=True)
+    return exe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--source", type=Path, help="time this kernel source instead (results printed, not written)")
+    args = ap.parse_args()
+    flags = set(cpu_info()[1])
+    paths = [p for p, flag in PATHS if flag in flags]
+    load_before = os.getloadavg()
+    runs: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
+    names = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(Path(tmp), args.source or ov_native.SOURCE)
+        for _ in range(3):
+            for p in paths:
+                env = {**os.environ, "EDGEDF_TERNARY_ISA": p}
+                name, ms, gmacs = subprocess.run(
+                    [str(exe)], env=env, capture_output=True, text=True, check=True
+                ).stdout.split()
+                names[p] = name
+                runs[p].append((float(ms), float(gmacs)))
+    host = host_info()
+    rows = [
+        {"path": names[p], "ms": min(r)[0], "gmac_per_s": max(g for _, g in r), "runs_ms": [m for m, _ in r]}
+        for p, r in runs.items()
+    ]
+    meta = {
+        "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])}), 1 thread",
+        "date": time.strftime("%Y-%m-%d"),
+        "load_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],
+        "openvino": host["backends"].get("openvino"),
+    }
+    lines = [
+        "# Native ternary kernel: the GEMM alone (generated by bench_kernel.py)",
+        "",
+        f"Machine: {meta['machine']}; {meta['date']}; load average before/after {meta['load_before_after'][0]} / "
+        f"{meta['load_before_after'][1]}. One ViT-S block at batch 8 (M = 1,576, 2.79 GMAC), one thread, in the "
+        "op's row blocks per task; best of 40 runs in each of 3 interleaved rounds.",
+        "",
+        "| path | ms | GMAC/s | ms per round |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['path']} | {r['ms']:.2f} | {r['gmac_per_s']:.0f} | {', '.join(f'{m:.2f}' for m in r['runs_ms'])} |"
+        for r in rows
+    ]
+    print("\n".join(lines))
+    if args.source is None:
+        (HERE / "results_kernel.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        (HERE / "results_kernel.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
