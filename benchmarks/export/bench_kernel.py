@@ -1,4 +1,4 @@
-"""The native ternary kernel's GEMM alone, per CPU path: how close each path runs to its instruction limit.
+"""The native ternary kernel's GEMM alone, per CPU path: the multiply-adds per second each path reaches.
 
     python benchmarks/export/bench_kernel.py        # writes results_kernel.md / .json beside this file
     python benchmarks/export/bench_kernel.py --source OLD.cpp   # another version of the kernel: prints only
@@ -73,7 +73,16 @@ def build(tmp: Path, source: Path) -> Path:
     src.write_text(HARNESS.replace("SOURCE", json.dumps(str(source.resolve()))))
     exe = tmp / "harness"
     flags = [f for f in ov_native.FLAGS if f not in ("-shared", "-fPIC")]
-    cmd = ["g++", *flags, f"-I{ov_dir / 'include'}", str(src), "-o", str(exe), f"-L{libs}", *link]
+    cmd = [
+        ov_native._compiler() or "g++",
+        *flags,
+        f"-I{ov_dir / 'include'}",
+        str(src),
+        "-o",
+        str(exe),
+        f"-L{libs}",
+        *link,
+    ]
     subprocess.run([*cmd, f"-Wl,-rpath,{libs}"], check=True)
     return exe
 
