@@ -127,24 +127,28 @@ def _cpu_paths():
     return paths + ["amx"] * ("avx512_vnni" in flags and "amx_int8" in flags)
 
 
+def _run_on_path(lib, isa, model: bytes, x, tmp_path) -> np.ndarray:
+    """The model's output on one CPU path, in its own process: the kernel picks its path once per process
+    (EDGEDF_TERNARY_ISA forces one). Checks the process ran that path."""
+    (tmp_path / "m.onnx").write_bytes(model)
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_ONE, str(lib), "m.onnx", "x.npy", "y.npy"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGEDF_TERNARY_ISA": isa},
+        cwd=tmp_path,  # not the checkout, whose edgedf/ would shadow an installed wheel
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8"}.get(isa, isa)
+    return np.load(tmp_path / "y.npy")
+
+
 @pytest.mark.parametrize("isa", _cpu_paths())
 def test_native_kernel_is_bit_exact_on_every_cpu_path(native_kernel, tmp_path, isa):
-    # each path in its own process: the kernel picks its path once per process (EDGEDF_TERNARY_ISA forces one)
-    env = {**os.environ, "EDGEDF_TERNARY_ISA": isa}
     for i, (x, codes, g, bias) in enumerate(_cases()):
-        model, xin, out = tmp_path / f"m{i}.onnx", tmp_path / f"x{i}.npy", tmp_path / f"y{i}.npy"
-        model.write_bytes(_one_node_model(codes, g, bias, x.shape[1]).SerializeToString())
-        np.save(xin, x)
-        proc = subprocess.run(
-            [sys.executable, "-c", RUN_ONE, str(native_kernel), str(model), str(xin), str(out)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,  # not the checkout, whose edgedf/ would shadow an installed wheel
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8"}.get(isa, isa)
-        y, ref = np.load(out), _reference(x, codes, g, bias)
+        model = _one_node_model(codes, g, bias, x.shape[1]).SerializeToString()
+        y, ref = _run_on_path(native_kernel, isa, model, x, tmp_path), _reference(x, codes, g, bias)
         assert y.shape == ref.shape
         assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
 
@@ -167,22 +171,12 @@ def _fused_nodes(lib, model: bytes) -> int:
 @pytest.mark.parametrize("isa", _cpu_paths())
 def test_fused_rms_norm_is_bit_exact_on_every_cpu_path(native_kernel, tmp_path, isa):
     # the norm in front of each BitLinear runs inside the op; its float operations are the same on every path
-    env = {**os.environ, "EDGEDF_TERNARY_ISA": isa}
     for i, (x, codes, g, bias) in enumerate(_cases()[:5]):
         norm = _norm(x, i)
         model = _one_node_model(codes, g, bias, x.shape[1], norm).SerializeToString()
         assert _fused_nodes(native_kernel, model) == 1
-        (tmp_path / "m.onnx").write_bytes(model)
-        np.save(tmp_path / "x.npy", x)
-        proc = subprocess.run(
-            [sys.executable, "-c", RUN_ONE, str(native_kernel), "m.onnx", "x.npy", "y.npy"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        y, ref = np.load(tmp_path / "y.npy"), _reference(_rms_norm(x, *norm[:2]), codes, g, bias)
+        y = _run_on_path(native_kernel, isa, model, x, tmp_path)
+        ref = _reference(_rms_norm(x, *norm[:2]), codes, g, bias)
         assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
 
 
