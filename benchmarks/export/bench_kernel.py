@@ -5,7 +5,7 @@
 
 Compiles a small C++ harness that includes runtime/native/ternary_linear.cpp (the same source and flags as the
 extension) and times the GEMM of one ViT-S block at batch 8 (M = 1,576 tokens; qkv, proj, fc1, fc2: 2.79 GMAC)
-on one thread, in the row blocks the op gives each task (rows_per_task: 64 on AMX, 60 elsewhere), codes quantised once
+on one thread, in the row blocks the op quantises and multiplies at once (rows_per_block: 64 on AMX, 60 elsewhere), codes quantised once
 beforehand. Best of 40 runs, paths interleaved over 3 rounds in fresh processes (EDGEDF_TERNARY_ISA forces each
 path). The whole-model speed-ups are results*.md (bench_export.py); this says what the GEMM itself reaches.
 """
@@ -32,7 +32,7 @@ HARNESS = r"""
 using namespace edgedf;
 int main() {
     const Isa isa = detect_isa();
-    const int64_t M = 1576, task = rows_per_task(isa);
+    const int64_t M = 1576, task = rows_per_block(isa);
     const int64_t layers[4][2] = {{384, 1152}, {384, 384}, {384, 1536}, {1536, 384}};  // K, N
     struct Layer { std::shared_ptr<Packed> p; std::vector<float> y, bias, s; std::vector<uint8_t> a; };
     std::vector<Layer> ls;
@@ -122,7 +122,7 @@ def main() -> None:
         "",
         f"Machine: {meta['machine']}; {meta['date']}; load average before/after {meta['load_before_after'][0]} / "
         f"{meta['load_before_after'][1]}. One ViT-S block at batch 8 (M = 1,576, 2.79 GMAC), one thread, in the "
-        "op's row blocks per task; best of 40 runs in each of 3 interleaved rounds.",
+        "op's row blocks; best of 40 runs in each of 3 interleaved rounds.",
         "",
         "| path | ms | GMAC/s | ms per round |",
         "|---|---|---|---|",
