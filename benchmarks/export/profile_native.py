@@ -1,0 +1,197 @@
+"""Where a ViT-S's time goes on OpenVINO, fp32 against the native ternary kernel, per layer type.
+
+    python benchmarks/export/profile_native.py     # writes results_profile.md / .json beside this file
+
+Exports a random-initialised ViT-S at 224 px twice with `edgedf export`'s own code (fp32, and ternary with the
+`native` lowering), then, for each CPU path this machine has (AVX2 and AVX-512 VNNI emulated as in
+bench_export.py, and the CPU as it is), in a fresh process: compiles both as the runtime does (2 threads,
+LATENCY, f32) with OpenVINO's per-layer counters on (PERF_COUNT), times batch 8 and sums each layer type's
+real time. The ternary layers show as OpenVINO "Reference" layers (edgedf's op); their multiply-adds over their
+time give the rate the kernel reaches inside the model, to set beside its GEMM alone (results_kernel.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PRESET, BATCH, THREADS = "vit_small", 8, 2
+# (label, environment): OpenVINO's oneDNN and edgedf's kernel limited as bench_export.py's EMULATE does
+PATHS = (
+    ("AVX2 (emulated)", {"ONEDNN_MAX_CPU_ISA": "AVX2", "EDGEDF_TERNARY_ISA": "avx2"}, "avx2"),
+    (
+        "AVX-512 VNNI, no AMX (emulated)",
+        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "EDGEDF_TERNARY_ISA": "avx512"},
+        "avx512_vnni",
+    ),
+    ("this CPU", {}, None),
+)
+
+CHILD = r"""
+import collections, json, sys, time
+import numpy as np, openvino as ov
+from edgedf.runtime.bundle import load_bundle
+from edgedf.runtime.backends import openvino as ovb
+from edgedf.runtime.backends.ov_native import cpu_path, extension
+batch, threads, runs, *bundles = sys.argv[1:]
+out = {"kernel": cpu_path(extension())}
+x = np.random.default_rng(0).standard_normal((int(batch), 3, 224, 224)).astype(np.float32)
+for path in bundles:
+    model = ovb.model_for_bundle(load_bundle(path))
+    core = ov.Core()
+    if hasattr(model, "extension"):
+        core.add_extension(str(model.extension))
+    if isinstance(model, bytes):
+        m = core.read_model(model=bytes(model), weights=ov.Tensor(np.empty(0, np.uint8)))
+    else:  # an IR's .xml
+        m = core.read_model(str(model))
+    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}
+    request = core.compile_model(m, "CPU", config).create_infer_request()
+    for _ in range(3):
+        request.infer({0: x})
+    walls, per_type = [], collections.defaultdict(list)
+    for _ in range(int(runs)):
+        t0 = time.perf_counter()
+        request.infer({0: x})
+        walls.append((time.perf_counter() - t0) * 1000)
+        run = collections.Counter()
+        for p in request.profiling_info:
+            run[p.node_type] += p.real_time.total_seconds() * 1000
+        for k, v in run.items():
+            per_type[k].append(v)
+    out[path] = {"wall_ms": walls, "per_type_ms": dict(per_type)}
+print(json.dumps(out))
+"""
+
+
+def linear_macs(bundle: Path, rows: int) -> int:
+    """Multiply-adds of the bundle's TernaryLinear nodes for `rows` tokens (K = 4 x packed bytes per row)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(bundle / "model.onnx"))
+    inits = {i.name: i for i in m.graph.initializer}
+    macs = 0
+    for node in m.graph.node:
+        if node.op_type == "TernaryLinear":
+            n, k_bytes = numpy_helper.to_array(inits[node.input[1]]).shape
+            macs += rows * n * 4 * k_bytes
+    return macs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    import torch
+
+    from edgedf.devices.bench import host_info
+    from edgedf.export.api import ExportOptions, export_bundle
+    from edgedf.train.checkpoint import save_checkpoint
+    from edgedf.train.vit import ViTConfig, build_model
+
+    host = host_info()
+    load_before = os.getloadavg()[0]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        torch.manual_seed(0)
+        bundles = {}
+        for kind, precision, lowering in (("fp", "fp32", None), ("bit", "ternary", "native")):
+            cfg = ViTConfig.from_preset(PRESET, variant=kind)
+            ck = save_checkpoint(build_model(cfg), tmp / f"{kind}-ck")
+            opts = ExportOptions(target="cpu", precision=precision, out=tmp / kind, lowering=lowering, verify_n=16)
+            export_bundle(ck, opts)
+            bundles[kind] = tmp / kind
+        tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
+        macs = linear_macs(bundles["bit"], BATCH * tokens)
+        for label, env, flag in PATHS:
+            if flag and flag not in host["cpu_flags"]:
+                continue
+            cmd = [sys.executable, "-c", CHILD, str(BATCH), str(THREADS), str(args.runs), *map(str, bundles.values())]
+            proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"profiling on {label} failed: {proc.stderr.strip().splitlines()[-1]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            fp, bit = res[str(bundles["fp"])], res[str(bundles["bit"])]
+            types = {}
+            for name, r in (("fp32", fp), ("native", bit)):
+                for t, v in r["per_type_ms"].items():
+                    types.setdefault(t, {})[name] = statistics.median(v) / BATCH
+            results.append(
+                {
+                    "path": label,
+                    "kernel": res["kernel"],
+                    "wall_ms_per_img": {
+                        n: statistics.median(r["wall_ms"]) / BATCH for n, r in (("fp32", fp), ("native", bit))
+                    },
+                    "per_type_ms_per_img": types,
+                    "ternary_gmac_per_s": macs / (types.get("Reference", {}).get("native", float("nan")) * BATCH) / 1e6,
+                }
+            )
+            print(
+                f"{label}: fp32 {results[-1]['wall_ms_per_img']['fp32']:.1f}, native "
+                f"{results[-1]['wall_ms_per_img']['native']:.1f} ms/img",
+                flush=True,
+            )
+    meta = {
+        "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])}), {THREADS} threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "openvino": host["backends"].get("openvino"),
+        "load_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "runs": args.runs,
+        "ternary_macs_per_batch": macs,
+    }
+    (HERE / "results_profile.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    write_markdown(meta, results, HERE / "results_profile.md")
+
+
+def write_markdown(meta: dict, results: list[dict], out: Path) -> None:
+    lines = [
+        "# Where a ViT-S's time goes: fp32 against the native ternary kernel (generated by profile_native.py)",
+        "",
+        f"Machine: {meta['machine']}; openvino {meta['openvino']}; {meta['date']}; load average before/after "
+        f"{meta['load_before_after'][0]} / {meta['load_before_after'][1]}. Random-initialised ViT-S, 224 px, batch "
+        f"{BATCH}; OpenVINO's per-layer real time (PERF_COUNT), median of {meta['runs']} runs after 3 warm-up, "
+        "per image. Layers run one after another, so their times add up to about the wall time. Emulated paths "
+        "as in results_*_emulated.md (oneDNN limited by ONEDNN_MAX_CPU_ISA, edgedf's kernel forced to its path).",
+        "",
+        "Layer types (OpenVINO's names): FullyConnected, the fp32 linears (OpenVINO fuses their GELU in); Reference, "
+        "edgedf's TernaryLinear (with its RMSNorm in); Subgraph, the attention of each block (QK^T, softmax, xV, "
+        "fused); MVN, LayerNorm (the ternary model's norms run inside edgedf's op, all but the last). "
+        "The GEMM alone per path, one thread: results_kernel.md.",
+        "",
+    ]
+    for r in results:
+        wall = r["wall_ms_per_img"]
+        lines += [
+            f"## {r['path']} (edgedf kernel: {r['kernel']})",
+            "",
+            f"Wall time: fp32 {wall['fp32']:.1f}, native {wall['native']:.1f} ms/img "
+            f"({wall['fp32'] / wall['native']:.2f}x). The ternary layers (Reference) run "
+            f"{r['ternary_gmac_per_s']:.0f} GMAC/s on {THREADS} threads.",
+            "",
+            "| layer type | fp32 ms/img | native ms/img |",
+            "|---|---|---|",
+        ]
+        types = sorted(r["per_type_ms_per_img"].items(), key=lambda kv: -max(kv[1].values()))
+        for t, v in types:
+            if max(v.values()) < 0.05:
+                continue
+            cell = {n: f"{v[n]:.2f}" if n in v else "-" for n in ("fp32", "native")}
+            lines.append(f"| {t} | {cell['fp32']} | {cell['native']} |")
+        lines.append("")
+    out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
