@@ -16,6 +16,7 @@ from edgedf.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_entry, 
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
 from edgedf.runtime.parity import REFERENCE
+from edgedf.runtime.ternary import fold_constant_inputs
 from edgedf.train.checkpoint import Checkpoint, load_checkpoint
 from edgedf.train.vit import count_params, size_bytes
 
@@ -106,6 +107,11 @@ def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
 def _to_openvino(onnx_path: Path, xml: Path, fp16: bool = False) -> None:
     import openvino as ov
 
+    data = onnx_path.read_bytes()
+    folded = fold_constant_inputs(data) if b"MatMulNBits" in data else data  # its converter takes constants only
+    if folded is not data:
+        onnx_path = onnx_path.with_name(onnx_path.stem + "-folded.onnx")
+        onnx_path.write_bytes(folded)
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=fp16)
 
 

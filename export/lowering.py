@@ -148,21 +148,36 @@ def _block_size(k: int) -> int:
 
 
 def lower_matmulnbits(node: onnx.NodeProto, ctx: Context, accuracy_level: int = 4) -> list[onnx.NodeProto]:
+    """MatMulNBits (bits 2) on the packed codes. Its inputs are written as constant expressions of the canonical
+    initializers (B a Reshape of w_packed, one scale per block an Expand of w_scale, the zero points an Expand of
+    one byte): the file stays as small as the canonical one (an fp32 scale per 128 weights would add an eighth),
+    and the runtime's constant folding makes them the initializers MatMulNBits packs when a session loads."""
     x, w_packed, w_scale, bias, n_out, k = _node_parts(node, ctx)
     base, n = node.name or "tl", ctx.name
     nodes, q, s = _act_quant_nodes(x, ctx, base)
     bs = _block_size(k)
     blocks = -(-k // bs)
     # pack_ternary's layout (c+1, element i of a group in bits 2i) is MatMulNBits' 2-bit layout; a last
-    # partial block is padded with code 0 (bytes 0b01010101)
-    packed = ctx.const(w_packed)
-    pad = blocks * bs // 4 - packed.shape[1]
+    # partial block is padded with code 0 (bytes 0b01010101), which is also every zero point (code 1 - 1)
+    ones = ctx.scalar(0b01010101, np.uint8, f"{base}_code0")
+    packed, pad = w_packed, blocks * bs // 4 - k // 4
     if pad:
-        packed = np.concatenate([packed, np.full((n_out, pad), 0b01010101, np.uint8)], axis=1)
-    b = ctx.add(packed.reshape(n_out, blocks, bs // 4), f"{base}_B")
-    g = float(ctx.const(w_scale))
-    scales = ctx.add(np.full(n_out * blocks, g, np.float32), f"{base}_scales")
-    zp = ctx.add(np.full(n_out * ((blocks * 2 + 7) // 8), 0b01010101, np.uint8), f"{base}_zp")  # zero point 1
+        fill, packed = n(f"{base}_pad"), n(f"{base}_padded")
+        nodes += [
+            oh.make_node(
+                "Expand", [ones, ctx.add(np.array([n_out, pad], np.int64), f"{base}_padshape")], [fill], name=n(base)
+            ),
+            oh.make_node("Concat", [w_packed, fill], [packed], axis=1, name=n(base)),
+        ]
+    b, scales, zp = n(f"{base}_B"), n(f"{base}_scales"), n(f"{base}_zp")
+    nodes += [
+        oh.make_node("Reshape", [packed, ctx.add(np.array([n_out, blocks, bs // 4], np.int64), f"{base}_bshape")],
+                     [b], name=n(base)),
+        oh.make_node("Expand", [w_scale, ctx.add(np.array([n_out * blocks], np.int64), f"{base}_sshape")], [scales],
+                     name=n(base)),
+        oh.make_node("Expand", [ones, ctx.add(np.array([n_out * ((blocks * 2 + 7) // 8)], np.int64), f"{base}_zs")],
+                     [zp], name=n(base)),
+    ]  # fmt: skip
     xq, y0 = n(f"{base}_xq"), n(f"{base}_y0")
     nodes += [
         oh.make_node("Div", [q, s], [xq], name=n(base)),

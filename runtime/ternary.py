@@ -3,7 +3,8 @@
 A bundle keeps ternary weights 2-bit on disk. `expand_packed_ternary`: every `edgedf::UnpackTernary` node
 (lowered graphs) becomes the int8 initializer it computes. `expand_ternary_linear`: every canonical
 `edgedf::TernaryLinear` (OpenVINO `native` bundles where the native kernel cannot be built) becomes its
-arithmetic in stock ops. Only standard ops remain. numpy + onnx only (no torch): this runs on the device.
+arithmetic in stock ops. Only standard ops remain. `fold_constant_inputs`: MatMulNBits' weight expressions become
+the constants OpenVINO needs. numpy + onnx only (no torch): this runs on the device.
 
     python -m edgedf.runtime.ternary BUNDLE_OR_ONNX OUT.onnx    # e.g. before trtexec
 """
@@ -116,6 +117,47 @@ def expand_ternary_linear(onnx_bytes: bytes) -> bytes:
         return nodes, arrays
 
     return _rewrite(onnx_bytes, rewrite)
+
+
+FOLDABLE = ("Reshape", "Expand", "Concat")
+
+
+def fold_constant_inputs(onnx_bytes: bytes) -> bytes:
+    """Every Reshape, Expand and Concat whose inputs are all initializers becomes the initializer it computes.
+    The `matmulnbits-2bit` lowering writes MatMulNBits' B, scales and zero points as such expressions of the 2-bit
+    weights (the file stays 2-bit); ONNX Runtime folds them when a session loads, but OpenVINO's MatMulNBits
+    converter takes constants only."""
+    onnx, numpy_helper, model = _load(onnx_bytes)
+    inits = {i.name: i for i in model.graph.initializer}
+    folded: dict[str, np.ndarray] = {}
+
+    def value(name: str) -> np.ndarray:
+        return folded[name] if name in folded else numpy_helper.to_array(inits[name])
+
+    keep = []
+    for node in model.graph.node:  # in topological order: a fold that feeds another is computed first
+        if node.domain or node.op_type not in FOLDABLE or not all(i in inits or i in folded for i in node.input):
+            keep.append(node)
+            continue
+        a = [value(i) for i in node.input]
+        if node.op_type == "Reshape":  # a 0 keeps that dimension (allowzero is not used by edgedf's graphs)
+            out = a[0].reshape([a[0].shape[i] if d == 0 else int(d) for i, d in enumerate(a[1])])
+        elif node.op_type == "Expand":
+            out = np.broadcast_to(a[0], np.broadcast_shapes(a[0].shape, tuple(int(d) for d in a[1]))).copy()
+        else:
+            axis = next(at.i for at in node.attribute if at.name == "axis")
+            out = np.concatenate(a, axis=axis)
+        folded[node.output[0]] = out
+    if not folded:
+        return onnx_bytes
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {i for n in keep for i in n.input} | {o.name for o in model.graph.output}
+    new = [i for i in model.graph.initializer if i.name in used]
+    new += [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in folded.items() if k in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(new)
+    return model.SerializeToString()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ class NativeModel(bytes):
 def model_for_bundle(bundle) -> Path | bytes:
     """IR files load as they are. An ONNX entry keeps its ternary weights 2-bit on disk:
     - lowered to int8 Q/DQ: expanded to int8 here (OpenVINO does not run edgedf's UnpackTernary function);
+    - lowered to MatMulNBits: its weight expressions folded into the constants OpenVINO's converter takes;
     - `native` (the canonical graph): run by edgedf's kernel (ov_native), built on first use; where it cannot
       be built, the same arithmetic in stock ops (slower; a code on a .5 boundary may round the other way),
       with one line on stderr saying why."""
@@ -70,7 +71,7 @@ def model_for_bundle(bundle) -> Path | bytes:
 
     data = bundle.entry.read_bytes()
     if bundle.manifest.get("lowering") != "native":
-        return ternary.expand_packed_ternary(data)
+        return ternary.fold_constant_inputs(ternary.expand_packed_ternary(data))
     from . import ov_native
 
     try:

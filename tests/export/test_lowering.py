@@ -11,7 +11,7 @@ from edgedf.export.onnx_export import export_onnx
 from edgedf.export.ptq import ternary_act_amax
 from edgedf.export.ternary_op import DOMAIN
 from edgedf.runtime.spec import FaceCropSpec
-from edgedf.runtime.ternary import expand_packed_ternary
+from edgedf.runtime.ternary import expand_packed_ternary, fold_constant_inputs
 
 # Ops TensorRT 10's ONNX parser supports that these graphs can contain (onnx-tensorrt operators.md).
 TENSORRT_OPS = {
@@ -102,7 +102,36 @@ def test_lowering_parity_against_canonical(canonical, lowering):
     for init in lowered.graph.initializer:
         numel = int(np.prod(init.dims)) if init.dims else 1
         assert not (numel in sizes and init.data_type != onnx.TensorProto.UINT8), init.name
+    # nor any per-block scales written out (MatMulNBits' are an Expand of the one scale): the lowered file's
+    # constants are the canonical's plus a few shapes and scalars per node
+    extra = _init_bytes(lowered) - _init_bytes(proto)
+    assert extra <= 96 * len(ternary_nodes(proto)), extra
     assert ternary_nodes(proto), "the input model must be left untouched"
+
+
+def _init_bytes(model) -> int:
+    return sum(len(i.raw_data) or i.ByteSize() for i in model.graph.initializer)
+
+
+@pytest.mark.parametrize("dim", [32, 48])
+def test_openvino_gets_matmulnbits_weights_as_constants(canonical, dim):
+    """OpenVINO's MatMulNBits converter takes constant B, scales and zero points only: fold_constant_inputs
+    computes the lowering's weight expressions into initializers, and the model computes the same. dim 48: every
+    K (48, 192) leaves a last block to pad (blocks of 64 and 128)."""
+    proto = canonical[1] if dim == 32 else export_onnx(tiny_model("bit", seed=4, dim=dim), spec=FaceCropSpec(32))
+    lowered = lower(proto, "matmulnbits-2bit")
+    folded = onnx.load_from_string(fold_constant_inputs(lowered.SerializeToString()))
+    inits = {i.name for i in folded.graph.initializer}
+    mnb = [n for n in folded.graph.node if n.op_type == "MatMulNBits"]
+    assert mnb and all(all(i in inits for i in n.input[1:4]) for n in mnb)
+    assert not [n for n in folded.graph.node if n.op_type in ("Reshape", "Expand", "Concat") and set(n.input) <= inits]
+    x = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    assert np.array_equal(run(folded, x), run(lowered, x))
+    assert np.abs(run(lowered, x) - run(proto, x)).max() <= TOLERANCE["matmulnbits-2bit"] * np.abs(run(proto, x)).max()
+    from edgedf.runtime.backends.openvino import OpenVinoSession
+
+    y, ref = OpenVinoSession(folded.SerializeToString()).run({"input": x})[0], run(lowered, x)
+    assert np.abs(y - ref).max() <= TOLERANCE["matmulnbits-2bit"] * np.abs(ref).max()
 
 
 def test_int8_exact_is_bitnet_integer_arithmetic(canonical):
