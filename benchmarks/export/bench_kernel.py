@@ -5,9 +5,10 @@
 
 Compiles a small C++ harness that includes runtime/native/ternary_linear.cpp (the same source and flags as the
 extension) and times the GEMM of one ViT-S block at batch 8 (M = 1,576 tokens; qkv, proj, fc1, fc2: 2.79 GMAC)
-on one thread, in the row blocks the op quantises and multiplies at once (rows_per_block: 64 on AMX, 60 elsewhere), codes quantised once
-beforehand. Best of 40 runs, paths interleaved over 3 rounds in fresh processes (EDGEDF_TERNARY_ISA forces each
-path). The whole-model speed-ups are results*.md (bench_export.py); this says what the GEMM itself reaches.
+on one thread, in the row blocks the op quantises and multiplies at once (rows_per_block: 64 on AMX, 60
+elsewhere), codes quantised once beforehand. Best of 40 runs, paths interleaved over 3 rounds in fresh processes
+(EDGEDF_TERNARY_ISA forces each path). The whole-model speed-ups are results*.md (bench_export.py); this says
+what the GEMM itself reaches.
 """
 
 from __future__ import annotations

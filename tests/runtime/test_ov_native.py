@@ -32,13 +32,22 @@ def int8_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cases():
-    """(x [M, K], codes [N, K], g, bias [N]): tails in M (every count of 1 to 5 rows left below a whole tile; M = 197,
-    batch 1 of a ViT at 224 px, splits into several blocks per thread), K and N (1 to 4 column blocks left over), codes on .5
-    boundaries, and the worst case for int16 pair sums (every activation code 127 against every weight +1,
-    K = 1024: 4 widening rounds)."""
+    """(x [M, K], codes [N, K], g, bias [N]): tails in M (every count of 1 to 5 rows left below a whole tile;
+    M = 197, batch 1 of a ViT at 224 px, splits into several blocks per thread), K and N (1 to 4 column blocks left
+    over), codes on .5 boundaries, and the worst case for int16 pair sums (every activation code 127 against every
+    weight +1, K = 1024: 4 widening rounds)."""
     rng = np.random.default_rng(0)
     out = []
-    shapes = ((13, 44, 40), (50, 384, 96), (7, 1540, 33), (70, 192, 80), (33, 64, 24), (65, 128, 48), (99, 96, 16), (197, 96, 40))
+    shapes = (
+        (13, 44, 40),
+        (50, 384, 96),
+        (7, 1540, 33),
+        (70, 192, 80),
+        (33, 64, 24),
+        (65, 128, 48),
+        (99, 96, 16),
+        (197, 96, 40),
+    )
     for m, k, n in shapes:  # K % 4 == 0: the canonical packing
         x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.01, 30, (m, 1)).astype(np.float32)
         x[:, 1] = np.abs(x).max(1) * (np.arange(m) + 0.5) / 127  # x * s lands on .5 (up to rounding)
