@@ -108,7 +108,7 @@ def _to_openvino(onnx_path: Path, xml: Path, fp16: bool = False) -> None:
     import openvino as ov
 
     data = onnx_path.read_bytes()
-    folded = fold_constant_inputs(data) if b"MatMulNBits" in data else data  # its converter takes constants only
+    folded = fold_constant_inputs(data)  # OpenVINO's MatMulNBits converter takes constants only
     if folded is not data:
         onnx_path = onnx_path.with_name(onnx_path.stem + "-folded.onnx")
         onnx_path.write_bytes(folded)

@@ -126,7 +126,9 @@ def fold_constant_inputs(onnx_bytes: bytes) -> bytes:
     """Every Reshape, Expand and Concat whose inputs are all initializers becomes the initializer it computes.
     The `matmulnbits-2bit` lowering writes MatMulNBits' B, scales and zero points as such expressions of the 2-bit
     weights (the file stays 2-bit); ONNX Runtime folds them when a session loads, but OpenVINO's MatMulNBits
-    converter takes constants only."""
+    converter takes constants only. Models without MatMulNBits come back as they are, unparsed."""
+    if b"MatMulNBits" not in onnx_bytes:
+        return onnx_bytes
     onnx, numpy_helper, model = _load(onnx_bytes)
     inits = {i.name: i for i in model.graph.initializer}
     folded: dict[str, np.ndarray] = {}
