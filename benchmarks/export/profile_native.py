@@ -22,15 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_export import EMULATE, make_checkpoints  # this folder's export benchmark
+
 HERE = Path(__file__).parent
 PRESET, BATCH, THREADS = "vit_small", 8, 2
-# (label, environment): OpenVINO's oneDNN and edgedf's kernel limited as bench_export.py's EMULATE does
+# (label, environment, CPU flag needed): the emulations are bench_export.py's own
 PATHS = (
-    ("AVX2 (emulated)", {"ONEDNN_MAX_CPU_ISA": "AVX2", "EDGEDF_TERNARY_ISA": "avx2"}, "avx2"),
-    (
-        "AVX-512 VNNI, no AMX (emulated)",
-        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "EDGEDF_TERNARY_ISA": "avx512"},
-        "avx512_vnni",
+    *(
+        (f"{e['name']} (emulated)", e["env"], flag)
+        for e, flag in ((EMULATE["avx2"], "avx2"), (EMULATE["vnni"], "avx512_vnni"))
     ),
     ("this CPU", {}, None),
 )
@@ -92,26 +92,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
-    import torch
-
     from edgedf.devices.bench import host_info
     from edgedf.export.api import ExportOptions, export_bundle
-    from edgedf.train.checkpoint import save_checkpoint
-    from edgedf.train.vit import ViTConfig, build_model
+    from edgedf.train.vit import ViTConfig
 
     host = host_info()
     load_before = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        torch.manual_seed(0)
+        cks = make_checkpoints(PRESET, tmp)
         bundles = {}
         for kind, precision, lowering in (("fp", "fp32", None), ("bit", "ternary", "native")):
-            cfg = ViTConfig.from_preset(PRESET, variant=kind)
-            ck = save_checkpoint(build_model(cfg), tmp / f"{kind}-ck")
             opts = ExportOptions(target="cpu", precision=precision, out=tmp / kind, lowering=lowering, verify_n=16)
-            export_bundle(ck, opts)
+            export_bundle(cks[kind], opts)
             bundles[kind] = tmp / kind
+        cfg = ViTConfig.from_preset(PRESET)
         tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
         macs = linear_macs(bundles["bit"], BATCH * tokens)
         for label, env, flag in PATHS:

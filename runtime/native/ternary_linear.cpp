@@ -537,14 +537,14 @@ public:
         uint8_t* codes = a.data();  // the lambda runs on other threads, whose thread_locals are other buffers
         float* scales = s.data();
         const Isa isa = active_isa();
-        const int64_t per_block = rows_per_block(isa), tile_rows = rows_per_tile(isa);
+        const int64_t tile_rows = rows_per_tile(isa), tiles_per_block = rows_per_block(isa) / tile_rows;
         const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
         const float* gamma = inputs.size() == 6 ? inputs[4].data<const float>() : nullptr;
         const float eps = gamma ? *inputs[5].data<const float>() : 0.f;
         const int threads = static_cast<int>(std::min<int64_t>(parallel_get_max_threads(), tiles));
         ov::parallel_nt_static(threads, [&](int ithr, int nthr) {
             const int64_t t0 = tiles * ithr / nthr, t1 = tiles * (ithr + 1) / nthr;  // this thread's tiles
-            const int64_t blocks = (t1 - t0 + per_block / tile_rows - 1) / (per_block / tile_rows);
+            const int64_t blocks = (t1 - t0 + tiles_per_block - 1) / tiles_per_block;
             for (int64_t b = 0; b < blocks; ++b) {  // blocks of equal whole tiles (no small block at the end)
                 const int64_t m0 = (t0 + (t1 - t0) * b / blocks) * tile_rows;
                 const int64_t m1 = std::min(rows, (t0 + (t1 - t0) * (b + 1) / blocks) * tile_rows);
