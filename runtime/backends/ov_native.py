@@ -54,15 +54,17 @@ def _compiler() -> str | None:
     return None
 
 
-def library_path() -> Path:
+def library_path(source: Path | None = None) -> Path:
     version, _ = _openvino()
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([version, *FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256((source or SOURCE).read_bytes() + " ".join([version, *FLAGS]).encode()).hexdigest()[:16]
     return cache_dir() / f"libedgedf_ternary-{key}.so"
 
 
-def build(force: bool = False) -> Path:
-    """The compiled extension, building it if needed. One-line EdgedfError when it cannot be built."""
-    out = library_path()
+def build(force: bool = False, source: Path | None = None) -> Path:
+    """The compiled extension (of `source`: another version of the kernel, for benchmarks), building it if needed.
+    One-line EdgedfError when it cannot be built."""
+    source = source or SOURCE
+    out = library_path(source)
     if out.exists() and not force:
         return out
     if not sys.platform.startswith("linux"):
@@ -83,7 +85,7 @@ def build(force: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp, f"-L{libs_dir}", *link, f"-Wl,-rpath,{libs_dir}"]
+    cmd = [cxx, *FLAGS, f"-I{include}", str(source), "-o", tmp, f"-L{libs_dir}", *link, f"-Wl,-rpath,{libs_dir}"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

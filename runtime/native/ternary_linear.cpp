@@ -143,12 +143,17 @@ __attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(con
     const __m512i off = _mm512_set1_epi32(128);
     for (int64_t m = 0; m < rows; ++m) {
         const float* xr = x + m * k;
-        __m512 vmax = _mm512_setzero_ps();
-        for (int64_t i = 0; i < k; i += 16) {
+        __m512 vmax[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        int64_t i = 0;
+        for (; i + 64 <= k; i += 64)  // four independent chains (max is exact in any order)
+            for (int j = 0; j < 4; ++j)
+                vmax[j] = _mm512_max_ps(vmax[j], _mm512_abs_ps(_mm512_loadu_ps(xr + i + 16 * j)));
+        for (; i < k; i += 16) {
             const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
-            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, xr + i)));
+            vmax[0] = _mm512_max_ps(vmax[0], _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, xr + i)));
         }
-        const float sm = 127.0f / std::max(_mm512_reduce_max_ps(vmax), kEps);
+        const __m512 amax = _mm512_max_ps(_mm512_max_ps(vmax[0], vmax[1]), _mm512_max_ps(vmax[2], vmax[3]));
+        const float sm = 127.0f / std::max(_mm512_reduce_max_ps(amax), kEps);
         s[m] = sm;
         const __m512 sv = _mm512_set1_ps(sm);
         uint8_t* ar = a + m * k4 * 4;
@@ -172,10 +177,14 @@ __attribute__((target("avx2,fma"))) static void quantize_rows_avx2(const float* 
     for (int64_t m = 0; m < rows; ++m) {
         const float* xr = x + m * k;
         const int64_t k8 = k / 8 * 8;
-        __m256 vmax = _mm256_setzero_ps();
-        for (int64_t i = 0; i < k8; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + i)));
+        __m256 vmax[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        int64_t c = 0;
+        for (; c + 32 <= k8; c += 32)  // four independent chains (max is exact in any order)
+            for (int j = 0; j < 4; ++j)
+                vmax[j] = _mm256_max_ps(vmax[j], _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + c + 8 * j)));
+        for (; c < k8; c += 8) vmax[0] = _mm256_max_ps(vmax[0], _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + c)));
         alignas(32) float lanes_max[8];
-        _mm256_store_ps(lanes_max, vmax);
+        _mm256_store_ps(lanes_max, _mm256_max_ps(_mm256_max_ps(vmax[0], vmax[1]), _mm256_max_ps(vmax[2], vmax[3])));
         float amax = 0.f;
         for (float v : lanes_max) amax = std::max(amax, v);
         for (int64_t i = k8; i < k; ++i) amax = std::max(amax, std::fabs(xr[i]));
@@ -194,44 +203,43 @@ __attribute__((target("avx2,fma"))) static void quantize_rows_avx2(const float* 
 }
 #endif
 
-// The RMSNorm in front of a BitLinear, fused into its op (with_fused_norm below): rows [0, m) of x into out as
-// (x * (1 / sqrt(mean(x^2) + eps))) * gamma. The sum of squares runs in 8 partial sums, added in order at the end:
-// the same float operations on every path (no FMA contraction: -ffp-contract=off), so every path gives the same
-// normalised rows, and therefore the same codes.
-__attribute__((always_inline)) static inline void rms_norm_rows_body(const float* x, int64_t m, int64_t k,
-                                                                       const float* gamma, float eps, float* out) {
-    for (int64_t r = 0; r < m; ++r) {
-        const float* xr = x + r * k;
-        float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        int64_t i = 0;
-        for (; i + 8 <= k; i += 8)
-            for (int j = 0; j < 8; ++j) part[j] += xr[i + j] * xr[i + j];
-        float ss = 0.f;
-        for (float v : part) ss += v;
-        for (; i < k; ++i) ss += xr[i] * xr[i];
-        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps);
-        float* o = out + r * k;
-        for (i = 0; i < k; ++i) o[i] = xr[i] * inv * gamma[i];
-    }
+// The RMSNorm in front of a BitLinear, fused into its op (with_fused_norm below): one row x into o as
+// (x * (1 / sqrt(mean(x^2) + eps))) * gamma. The sum of squares runs in 32 partial sums (column i into sum i % 32
+// up to the last whole 32: independent vector chains, where one would wait on each add), added pairwise at the end
+// (sum j + w into sum j for w = 16, 8, 4, 2, 1), then the columns left over in order: the same float operations
+// on every path (no FMA contraction: -ffp-contract=off), so every path gives the same normalised rows, and
+// therefore the same codes.
+constexpr int kNormParts = 32;
+
+__attribute__((always_inline)) static inline void rms_norm_row_body(const float* xr, int64_t k, const float* gamma,
+                                                                      float eps, float* o) {
+    float part[kNormParts] = {};
+    int64_t i = 0;
+    for (; i + kNormParts <= k; i += kNormParts)
+        for (int j = 0; j < kNormParts; ++j) part[j] += xr[i + j] * xr[i + j];
+    for (int w = kNormParts / 2; w >= 1; w /= 2)  // pairwise, halving: a few vector adds, not 32 in a chain
+        for (int j = 0; j < w; ++j) part[j] += part[j + w];
+    float ss = part[0];
+    for (; i < k; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps);
+    for (i = 0; i < k; ++i) o[i] = xr[i] * inv * gamma[i];
 }
 
-static void rms_norm_rows_scalar(const float* x, int64_t m, int64_t k, const float* gamma, float eps, float* out) {
-    rms_norm_rows_body(x, m, k, gamma, eps, out);
+static void rms_norm_row_scalar(const float* x, int64_t k, const float* gamma, float eps, float* o) {
+    rms_norm_row_body(x, k, gamma, eps, o);
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) static void rms_norm_rows_avx2(const float* x, int64_t m, int64_t k,
-                                                               const float* gamma, float eps, float* out) {
-    rms_norm_rows_body(x, m, k, gamma, eps, out);
+#if defined(__x86_64__)  // the same body, vectorised 8 and 16 wide (lane j of vector v is partial sum 8v + j, 16v + j)
+__attribute__((target("avx2"))) static void rms_norm_row_avx2(const float* x, int64_t k, const float* gamma, float eps,
+                                                              float* o) {
+    rms_norm_row_body(x, k, gamma, eps, o);
+}
+
+__attribute__((target("avx512f"))) static void rms_norm_row_avx512(const float* x, int64_t k, const float* gamma,
+                                                                   float eps, float* o) {
+    rms_norm_row_body(x, k, gamma, eps, o);
 }
 #endif
-
-static void rms_norm_rows(Isa isa, const float* x, int64_t m, int64_t k, const float* gamma, float eps, float* out) {
-#if defined(__x86_64__)
-    if (isa != Isa::scalar) return rms_norm_rows_avx2(x, m, k, gamma, eps, out);
-#endif
-    rms_norm_rows_scalar(x, m, k, gamma, eps, out);
-}
 
 static void quantize_rows(Isa isa, const float* x, int64_t rows, int64_t k, int64_t k4, uint8_t* a, float* s) {
 #if defined(__x86_64__)
@@ -239,6 +247,27 @@ static void quantize_rows(Isa isa, const float* x, int64_t rows, int64_t k, int6
     if (isa == Isa::avx2) return quantize_rows_avx2(x, rows, k, k4, a, s);
 #endif
     quantize_rows_scalar(x, rows, k, k4, a, s);
+}
+
+// Codes and scales of `rows` rows of x; with gamma, each row is normalised first, into a one-row buffer of the
+// calling thread that stays in L1 while the row is quantised (the whole block's rows normalised at once went
+// out to L2 and back).
+static void prepare_rows(Isa isa, const float* x, int64_t rows, int64_t k, const float* gamma, float eps, int64_t k4,
+                         uint8_t* a, float* s) {
+    if (!gamma) return quantize_rows(isa, x, rows, k, k4, a, s);
+    static thread_local std::vector<float> xn;
+    xn.resize(std::max(xn.size(), static_cast<size_t>(k)));
+    for (int64_t r = 0; r < rows; ++r) {
+#if defined(__x86_64__)
+        if (isa == Isa::avx512 || isa == Isa::amx)
+            rms_norm_row_avx512(x + r * k, k, gamma, eps, xn.data());
+        else if (isa == Isa::avx2)
+            rms_norm_row_avx2(x + r * k, k, gamma, eps, xn.data());
+        else
+#endif
+            rms_norm_row_scalar(x + r * k, k, gamma, eps, xn.data());
+        quantize_rows(isa, xn.data(), 1, k, k4, a + r * k4 * 4, s + r);
+    }
 }
 
 static inline float epilogue(int32_t acc_u, int32_t colsum, float r, float b) {
@@ -548,14 +577,7 @@ public:
             for (int64_t b = 0; b < blocks; ++b) {  // blocks of equal whole tiles (no small block at the end)
                 const int64_t m0 = (t0 + (t1 - t0) * b / blocks) * tile_rows;
                 const int64_t m1 = std::min(rows, (t0 + (t1 - t0) * (b + 1) / blocks) * tile_rows);
-                const float* xt = xd + m0 * k;
-                if (gamma) {  // the fused RMSNorm: this block's rows, normalised into a per-thread buffer (L2-sized)
-                    static thread_local std::vector<float> xn;
-                    xn.resize(std::max(xn.size(), static_cast<size_t>((m1 - m0) * k)));
-                    rms_norm_rows(isa, xt, m1 - m0, k, gamma, eps, xn.data());
-                    xt = xn.data();
-                }
-                quantize_rows(isa, xt, m1 - m0, k, p->k4, codes + m0 * p->k4 * 4, scales + m0);
+                prepare_rows(isa, xd + m0 * k, m1 - m0, k, gamma, eps, p->k4, codes + m0 * p->k4 * 4, scales + m0);
                 gemm(isa, *p, codes, scales, g, bias, y, m0, m1);
             }
         });

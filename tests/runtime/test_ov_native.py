@@ -67,18 +67,21 @@ def _reference(x, codes, g, bias):
     return acc.astype(np.float32) * (np.float32(g) / s) + bias
 
 
-def _rms_norm(x, gamma, eps):
-    """The kernel's fused RMSNorm in float32, operation for operation: squares summed in 8 running partial sums
-    (column j into sum j % 8 up to the last whole 8) then in order, x * (1 / sqrt(mean + eps)) * gamma."""
+def _rms_norm(x, gamma, eps, parts=32):
+    """The kernel's fused RMSNorm in float32, operation for operation: squares summed in 32 running partial sums
+    (column j into sum j % 32 up to the last whole 32), the sums added pairwise (sum j + w into sum j, w = 16, 8,
+    4, 2, 1), then the remaining columns in order; x * (1 / sqrt(mean + eps)) * gamma."""
     k = x.shape[1]
-    k8 = k // 8 * 8
-    part = np.zeros((x.shape[0], 8), np.float32)
-    for i in range(0, k8, 8):
-        part += x[:, i : i + 8] * x[:, i : i + 8]
-    ss = np.zeros(x.shape[0], np.float32)
-    for j in range(8):
-        ss += part[:, j]
-    for i in range(k8, k):
+    whole = k // parts * parts
+    part = np.zeros((x.shape[0], parts), np.float32)
+    for i in range(0, whole, parts):
+        part += x[:, i : i + parts] * x[:, i : i + parts]
+    w = parts // 2
+    while w:
+        part[:, :w] += part[:, w : 2 * w]
+        w //= 2
+    ss = part[:, 0].copy()
+    for i in range(whole, k):
         ss += x[:, i] * x[:, i]
     inv = np.float32(1) / np.sqrt(ss / np.float32(k) + np.float32(eps))
     return x * inv[:, None] * gamma

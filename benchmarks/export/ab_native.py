@@ -1,0 +1,84 @@
+"""Two versions of the native ternary kernel against each other inside a whole ViT-S, in one process.
+
+    python benchmarks/export/ab_native.py OLD.cpp                 # against the kernel that ships now
+    python benchmarks/export/ab_native.py OLD.cpp NEW.cpp --path avx2 --rounds 25
+
+Whole-model timings on this shared host move by up to a fifth between runs, more than most kernel changes gain,
+so a change to runtime/native/ternary_linear.cpp is judged here: both builds load into one process (each in its
+own OpenVINO Core), every round times each at batch 1 (3 runs) and batch 8 (1 run) in turn, and the medians and
+OLD/NEW speed are printed with the largest output difference between the two. --path avx2 / vnni limit oneDNN
+and force edgedf's kernel as bench_export.py's --emulate-* do; cpu (default) is the CPU as it is. Random-
+initialised ViT-S at 224 px, exported with `edgedf export`'s own code; 2 threads. Prints only, writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_export import EMULATE, make_checkpoints  # this folder's export benchmark
+
+CHILD = r"""
+import statistics, sys, time
+from pathlib import Path
+import numpy as np, openvino as ov
+from edgedf.runtime.backends import openvino as ovb, ov_native
+from edgedf.runtime.bundle import load_bundle
+old, new, bundle, rounds = sys.argv[1:]
+model = ovb.model_for_bundle(load_bundle(bundle))
+reqs = {}
+for name, src in (("old", old), ("new", new)):
+    lib = ov_native.build(source=Path(src))
+    core = ov.Core()
+    core.add_extension(str(lib))
+    m = core.read_model(model=bytes(model), weights=ov.Tensor(np.empty(0, np.uint8)))
+    config = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    reqs[name] = (core.compile_model(m, "CPU", config).create_infer_request(), ov_native.cpu_path(lib))
+rng = np.random.default_rng(0)
+xs = {b: rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in (1, 8)}
+outs = {n: r.infer({0: xs[8]})[0].copy() for n, (r, _) in reqs.items()}
+print(f"kernel paths: old {reqs['old'][1]}, new {reqs['new'][1]}; max |old - new| output at batch 8: "
+      f"{float(np.abs(outs['old'] - outs['new']).max()):.3g}")
+times = {n: {1: [], 8: []} for n in reqs}
+for _ in range(int(rounds)):
+    for n, (r, _) in reqs.items():
+        for b, x in xs.items():
+            for _ in range(3 if b == 1 else 1):
+                t0 = time.perf_counter()
+                r.infer({0: x})
+                times[n][b].append((time.perf_counter() - t0) * 1000 / b)
+for b in (1, 8):
+    o, n = statistics.median(times["old"][b]), statistics.median(times["new"][b])
+    print(f"batch {b}: old {o:.2f}, new {n:.2f} ms/img (median of {len(times['old'][b])}); old/new {o / n:.3f}x")
+"""
+
+
+def main() -> None:
+    from edgedf.export.api import ExportOptions, export_bundle
+    from edgedf.runtime.backends import ov_native
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old", type=Path, help="the kernel source to compare against")
+    ap.add_argument("new", type=Path, nargs="?", default=ov_native.SOURCE, help="default: the shipped kernel")
+    ap.add_argument("--path", choices=["cpu", *EMULATE], default="cpu")
+    ap.add_argument("--rounds", type=int, default=25)
+    args = ap.parse_args()
+    for src in (args.old, args.new):
+        if not src.is_file():
+            sys.exit(f"error: no such kernel source: {src}")
+    env = {**os.environ, **(EMULATE[args.path]["env"] if args.path in EMULATE else {})}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        ck = make_checkpoints("vit_small", tmp)["bit"]
+        opts = ExportOptions(target="cpu", precision="ternary", out=tmp / "bit", lowering="native", verify_n=16)
+        export_bundle(ck, opts)
+        cmd = [sys.executable, "-c", CHILD, str(args.old.resolve()), str(args.new.resolve()), str(tmp / "bit")]
+        sys.exit(subprocess.run([*cmd, str(args.rounds)], env=env).returncode)
+
+
+if __name__ == "__main__":
+    main()
