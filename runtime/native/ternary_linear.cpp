@@ -45,6 +45,7 @@
 #include "openvino/op/add.hpp"
 #include "openvino/op/constant.hpp"
 #include "openvino/op/divide.hpp"
+#include "openvino/op/erf.hpp"
 #include "openvino/op/multiply.hpp"
 #include "openvino/op/op.hpp"
 #include "openvino/op/power.hpp"
@@ -268,6 +269,79 @@ static void prepare_rows(Isa isa, const float* x, int64_t rows, int64_t k, const
             rms_norm_row_scalar(x + r * k, k, gamma, eps, xn.data());
         quantize_rows(isa, xn.data(), 1, k, k4, a + r * k4 * 4, s + r);
     }
+}
+
+// GELU in its erf form (PyTorch's nn.GELU(); the ONNX graph's t * 0.5 * (1 + erf(t / sqrt 2))), applied to the
+// op's output where the graph has it right after the op (with_fused_gelu): each block's rows while they are in
+// cache, instead of OpenVINO reading the whole output back and writing it again. erf is the rational function XLA
+// and Eigen use for float on [-4, 4] (|error| < 1e-7 against erf in float64), written with fma, so that every path,
+// vectorised 16, 8 or 1 wide, computes the same floats.
+__attribute__((always_inline)) static inline float gelu(float t) {
+    const float x = std::min(std::max(t * 0.70710678f, -4.f), 4.f);
+    const float x2 = x * x;
+    float p = std::fma(x2, -2.72614225801306e-10f, 2.77068142495902e-08f);
+    p = std::fma(x2, p, -2.10102402082508e-06f);
+    p = std::fma(x2, p, -5.69250639462346e-05f);
+    p = std::fma(x2, p, -7.34990630326855e-04f);
+    p = std::fma(x2, p, -2.95459980854025e-03f);
+    p = std::fma(x2, p, -1.60960333262415e-02f);
+    float q = std::fma(x2, -1.45660718464996e-05f, -2.13374055278905e-04f);
+    q = std::fma(x2, q, -1.68282697438203e-03f);
+    q = std::fma(x2, q, -7.37332916720468e-03f);
+    q = std::fma(x2, q, -1.42647390514189e-02f);
+    return t * 0.5f * (1.f + x * p / q);
+}
+
+static void gelu_scalar(float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = gelu(y[i]);
+}
+
+#if defined(__x86_64__)  // gelu() operation for operation, 8 and 16 wide (the compiler left the AVX2 loop scalar)
+#define EDGEDF_GELU_BODY(V, set1, mul, add, div, min, max, fmadd)                                  \
+    const V x = min(max(mul(t, set1(0.70710678f)), set1(-4.f)), set1(4.f));                      \
+    const V x2 = mul(x, x);                                                                        \
+    V p = fmadd(x2, set1(-2.72614225801306e-10f), set1(2.77068142495902e-08f));                    \
+    p = fmadd(x2, p, set1(-2.10102402082508e-06f));                                                \
+    p = fmadd(x2, p, set1(-5.69250639462346e-05f));                                                \
+    p = fmadd(x2, p, set1(-7.34990630326855e-04f));                                                \
+    p = fmadd(x2, p, set1(-2.95459980854025e-03f));                                                \
+    p = fmadd(x2, p, set1(-1.60960333262415e-02f));                                                \
+    V q = fmadd(x2, set1(-1.45660718464996e-05f), set1(-2.13374055278905e-04f));                   \
+    q = fmadd(x2, q, set1(-1.68282697438203e-03f));                                                \
+    q = fmadd(x2, q, set1(-7.37332916720468e-03f));                                                \
+    q = fmadd(x2, q, set1(-1.42647390514189e-02f));                                                \
+    const V r = mul(mul(t, set1(0.5f)), add(set1(1.f), div(mul(x, p), q)));
+
+__attribute__((target("avx2,fma"))) static void gelu_avx2(float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 t = _mm256_loadu_ps(y + i);
+        EDGEDF_GELU_BODY(__m256, _mm256_set1_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_div_ps, _mm256_min_ps,
+                         _mm256_max_ps, _mm256_fmadd_ps)
+        _mm256_storeu_ps(y + i, r);
+    }
+    gelu_scalar(y + i, n - i);
+}
+
+__attribute__((target("avx512f"))) static void gelu_avx512(float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 t = _mm512_loadu_ps(y + i);
+        EDGEDF_GELU_BODY(__m512, _mm512_set1_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_div_ps, _mm512_min_ps,
+                         _mm512_max_ps, _mm512_fmadd_ps)
+        _mm512_storeu_ps(y + i, r);
+    }
+    gelu_scalar(y + i, n - i);
+}
+#undef EDGEDF_GELU_BODY
+#endif
+
+static void gelu_inplace(Isa isa, float* y, int64_t n) {
+#if defined(__x86_64__)
+    if (isa == Isa::avx512 || isa == Isa::amx) return gelu_avx512(y, n);
+    if (isa == Isa::avx2) return gelu_avx2(y, n);
+#endif
+    gelu_scalar(y, n);
 }
 
 static inline float epilogue(int32_t acc_u, int32_t colsum, float r, float b) {
@@ -520,7 +594,9 @@ public:
     OPENVINO_OP("TernaryLinear", "edgedf");
 
     TernaryLinear() = default;
-    explicit TernaryLinear(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+    explicit TernaryLinear(const ov::OutputVector& args, bool gelu = false) : Op(args), gelu_(gelu) {
+        constructor_validate_and_infer_types();
+    }
 
     void validate_and_infer_types() override {
         NODE_VALIDATION_CHECK(this, get_input_size() == 4 || get_input_size() == 6,
@@ -535,10 +611,14 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<TernaryLinear>(args);
+        return std::make_shared<TernaryLinear>(args, gelu_);
     }
 
-    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("gelu", gelu_);
+        return true;
+    }
+    bool gelu() const { return gelu_; }
     bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -579,6 +659,7 @@ public:
                 const int64_t m1 = std::min(rows, (t0 + (t1 - t0) * (b + 1) / blocks) * tile_rows);
                 prepare_rows(isa, xd + m0 * k, m1 - m0, k, gamma, eps, p->k4, codes + m0 * p->k4 * 4, scales + m0);
                 gemm(isa, *p, codes, scales, g, bias, y, m0, m1);
+                if (gelu_) gelu_inplace(isa, y + m0 * n, (m1 - m0) * n);
             }
         });
         return true;
@@ -597,6 +678,7 @@ private:
         std::call_once(*packed_once_, [&] { *packed_ = pack(w.data<const uint8_t>(), n, k); });
         return *packed_;
     }
+    bool gelu_ = false;  // GELU on the output (with_fused_gelu)
     std::shared_ptr<std::once_flag> packed_once_ = std::make_shared<std::once_flag>();
     std::shared_ptr<std::shared_ptr<Packed>> packed_ = std::make_shared<std::shared_ptr<Packed>>();
 };
@@ -650,6 +732,41 @@ static ov::OutputVector with_fused_norm(const ov::OutputVector& args) {
     return args;
 }
 
+static bool scalar_near(const ov::Output<ov::Node>& out, float value) {
+    const auto c = f32_constant(out, 1);
+    return c && std::fabs(c->cast_vector<float>()[0] - value) <= 1e-6f * std::fabs(value);
+}
+
+// The GELU after a BitLinear (fc1) as PyTorch exports nn.GELU(): Mul(t, Mul(0.5, Add(Erf(Div(t, sqrt 2)), 1))),
+// operands of Mul and Add in either order, t = TernaryLinear(...). Returns that op again with its GELU on, or null;
+// the erf branch, no longer used, drops out of the model.
+static std::shared_ptr<ov::Node> with_fused_gelu(const ov::Output<ov::Node>& t, const ov::Output<ov::Node>& g) {
+    using namespace ov::op;
+    const auto op = producer<TernaryLinear>(t);
+    const auto half = producer<v1::Multiply>(g);
+    if (!op || op->gelu() || !half) return nullptr;
+    for (int i = 0; i < 2; ++i) {
+        const auto add = producer<v1::Add>(half->input_value(i));
+        if (!add || !scalar_near(half->input_value(1 - i), 0.5f)) continue;
+        for (int j = 0; j < 2; ++j) {
+            const auto erf = producer<v0::Erf>(add->input_value(j));
+            const auto div = erf ? producer<v1::Divide>(erf->input_value(0)) : nullptr;
+            if (div && scalar_near(add->input_value(1 - j), 1.f) && div->input_value(0) == t &&
+                scalar_near(div->input_value(1), std::sqrt(2.f)))
+                return std::make_shared<TernaryLinear>(op->input_values(), true);
+        }
+    }
+    return nullptr;
+}
+
+// ONNX Mul: the GELU above fused into its TernaryLinear; any other Mul as OpenVINO converts it (numpy broadcast).
+static ov::OutputVector convert_mul(const ov::frontend::NodeContext& node) {
+    const ov::Output<ov::Node> a = node.get_input(0), b = node.get_input(1);
+    if (auto fused = with_fused_gelu(a, b)) return {fused};
+    if (auto fused = with_fused_gelu(b, a)) return {fused};
+    return {std::make_shared<ov::op::v1::Multiply>(a, b)};
+}
+
 }  // namespace edgedf
 
 extern "C" OPENVINO_EXTENSION_C_API const char* edgedf_ternary_isa() {
@@ -663,4 +780,5 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
              ov::OutputVector args;
              for (size_t i = 0; i < node.get_input_size(); ++i) args.push_back(node.get_input(static_cast<int>(i)));
              return {std::make_shared<edgedf::TernaryLinear>(edgedf::with_fused_norm(args))};
-         })}));
+         }),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("Mul", edgedf::convert_mul)}));

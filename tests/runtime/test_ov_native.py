@@ -2,6 +2,7 @@
 built here with the C++ compiler against the installed OpenVINO from the installed package's source (in CI: the
 wheel's), and checked bit for bit on every CPU path against BitNet's integer arithmetic in numpy. No torch."""
 
+import math
 import os
 import subprocess
 import sys
@@ -87,10 +88,14 @@ def _rms_norm(x, gamma, eps, parts=32):
     return x * inv[:, None] * gamma
 
 
-def _one_node_model(codes, g, bias, k, norm=None):
+def _one_node_model(codes, g, bias, k, norm=None, gelu=None):
     """TernaryLinear(x); with norm=(gamma, eps, exponent, axis) the RMSNorm in front of it as the canonical export
-    writes it: Mul(Div(x, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), eps))), gamma)."""
-    nodes = [oh.make_node("TernaryLinear", ["xn" if norm else "x", "w", "g", "b"], ["y"], domain="edgedf")]
+    writes it: Mul(Div(x, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), eps))), gamma); with gelu=(divisor, half) the GELU
+    after it as PyTorch exports nn.GELU() (divisor sqrt 2, half 0.5):
+    Mul(t, Mul(half, Add(Erf(Div(t, divisor)), 1)))."""
+    nodes = [
+        oh.make_node("TernaryLinear", ["xn" if norm else "x", "w", "g", "b"], ["t" if gelu else "y"], domain="edgedf")
+    ]
     inits = [
         numpy_helper.from_array(pack(codes), "w"),
         numpy_helper.from_array(np.asarray(g, np.float32), "g"),
@@ -111,6 +116,18 @@ def _one_node_model(codes, g, bias, k, norm=None):
             numpy_helper.from_array(np.array([axis], np.int64), "axes"),
             numpy_helper.from_array(np.float32(eps), "eps"),
             numpy_helper.from_array(gamma, "gamma"),
+        ]
+    if gelu:
+        nodes += [
+            oh.make_node("Div", ["t", "divisor"], ["td"]),
+            oh.make_node("Erf", ["td"], ["e"]),
+            oh.make_node("Add", ["e", "one"], ["e1"]),
+            oh.make_node("Mul", ["half", "e1"], ["h"]),
+            oh.make_node("Mul", ["t", "h"], ["y"]),
+        ]
+        inits += [
+            numpy_helper.from_array(np.float32(v), name)
+            for v, name in zip((*gelu, 1.0), ("divisor", "half", "one"), strict=True)
         ]
     graph = oh.make_graph(
         nodes,
@@ -190,6 +207,54 @@ def test_fused_rms_norm_is_bit_exact_on_every_cpu_path(native_kernel, tmp_path, 
         y = _run_on_path(native_kernel, isa, model, x, tmp_path)
         ref = _reference(_rms_norm(x, *norm[:2]), codes, g, bias)
         assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
+
+
+SQRT2 = float(np.sqrt(np.float32(2)))
+
+
+def _gelu(t):
+    """GELU, erf form, in float64 (math.erf)."""
+    t = t.astype(np.float64)
+    return t * 0.5 * (1 + np.vectorize(math.erf)(t / np.sqrt(2)))
+
+
+def _op_types(lib, model: bytes) -> list[tuple[str, dict]]:
+    """(type, attributes) of the operations OpenVINO reads the ONNX into, with the extension."""
+    import openvino as ov
+
+    core = ov.Core()
+    core.add_extension(str(lib))
+    m = core.read_model(model=model, weights=ov.Tensor(np.empty(0, np.uint8)))
+    return [(op.get_type_name(), op.get_attributes()) for op in m.get_ops()]
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_fused_gelu_is_the_same_on_every_cpu_path_and_close_to_erf(native_kernel, tmp_path, isa):
+    # the GELU after fc1 runs inside the op on each block of rows; its float operations (fma included) are the same
+    # on every path, so each path gives the scalar path's bits, which lie within 1e-6 of GELU with float64 erf
+    for i, (x, codes, g, bias) in enumerate(_cases()[:5]):
+        x = x * np.float32(3) / np.abs(x).max(1, keepdims=True)  # outputs spread over GELU's curved part
+        model = _one_node_model(codes, g, bias, x.shape[1], gelu=(SQRT2, 0.5)).SerializeToString()
+        ops = _op_types(native_kernel, model)
+        assert [a for t, a in ops if t == "TernaryLinear"] == [{"gelu": True}]
+        assert not [t for t, _ in ops if t in ("Erf", "Gelu", "Multiply")]
+        y = _run_on_path(native_kernel, isa, model, x, tmp_path)
+        t = _reference(x, codes, g, bias)
+        assert np.abs(y - _gelu(t)).max() <= 1e-6 * max(1.0, np.abs(t).max()), f"case {i}"
+        if isa != "scalar":
+            assert np.array_equal(y, _run_on_path(native_kernel, "scalar", model, x, tmp_path)), f"case {i}"
+
+
+@pytest.mark.parametrize("gelu", [(2.0, 0.5), (SQRT2, 0.25)], ids=["divisor-2", "half-0.25"])
+def test_only_the_gelu_itself_is_fused(native_kernel, gelu):
+    # a look-alike stays in stock ops (the op without its GELU) and still gives the right answer
+    x, codes, g, bias = _cases()[1]
+    model = _one_node_model(codes, g, bias, x.shape[1], gelu=gelu).SerializeToString()
+    assert [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"] == [{"gelu": False}]
+    y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
+    t = _reference(x, codes, g, bias).astype(np.float64)
+    ref = t * gelu[1] * (1 + np.vectorize(math.erf)(t / gelu[0]))
+    assert np.allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("norm", [(4.0, -1), (2.0, 0)], ids=["not-a-square", "other-axis"])
