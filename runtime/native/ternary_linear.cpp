@@ -250,25 +250,29 @@ static void quantize_rows(Isa isa, const float* x, int64_t rows, int64_t k, int6
     quantize_rows_scalar(x, rows, k, k4, a, s);
 }
 
-// Codes and scales of `rows` rows of x; with gamma, each row is normalised first, into a one-row buffer of the
-// calling thread that stays in L1 while the row is quantised (the whole block's rows normalised at once went
-// out to L2 and back).
+// Codes of `rows` rows of x, and their output scales rs = g / s (once per row, for the epilogues). With gamma, each
+// row is normalised first, into a one-row buffer of the calling thread that stays in L1 while the row is
+// quantised (the whole block's rows normalised at once went out to L2 and back).
 static void prepare_rows(Isa isa, const float* x, int64_t rows, int64_t k, const float* gamma, float eps, int64_t k4,
-                         uint8_t* a, float* s) {
-    if (!gamma) return quantize_rows(isa, x, rows, k, k4, a, s);
-    static thread_local std::vector<float> xn;
-    xn.resize(std::max(xn.size(), static_cast<size_t>(k)));
-    for (int64_t r = 0; r < rows; ++r) {
+                         float g, uint8_t* a, float* rs) {
+    if (!gamma) {
+        quantize_rows(isa, x, rows, k, k4, a, rs);
+    } else {
+        static thread_local std::vector<float> xn;
+        xn.resize(std::max(xn.size(), static_cast<size_t>(k)));
+        for (int64_t r = 0; r < rows; ++r) {
 #if defined(__x86_64__)
-        if (isa == Isa::avx512 || isa == Isa::amx)
-            rms_norm_row_avx512(x + r * k, k, gamma, eps, xn.data());
-        else if (isa == Isa::avx2)
-            rms_norm_row_avx2(x + r * k, k, gamma, eps, xn.data());
-        else
+            if (isa == Isa::avx512 || isa == Isa::amx)
+                rms_norm_row_avx512(x + r * k, k, gamma, eps, xn.data());
+            else if (isa == Isa::avx2)
+                rms_norm_row_avx2(x + r * k, k, gamma, eps, xn.data());
+            else
 #endif
-            rms_norm_row_scalar(x + r * k, k, gamma, eps, xn.data());
-        quantize_rows(isa, xn.data(), 1, k, k4, a + r * k4 * 4, s + r);
+                rms_norm_row_scalar(x + r * k, k, gamma, eps, xn.data());
+            quantize_rows(isa, xn.data(), 1, k, k4, a + r * k4 * 4, rs + r);
+        }
     }
+    for (int64_t r = 0; r < rows; ++r) rs[r] = g / rs[r];
 }
 
 // GELU in its erf form (PyTorch's nn.GELU(); the ONNX graph's t * 0.5 * (1 + erf(t / sqrt 2))), applied to the
@@ -348,7 +352,7 @@ static inline float epilogue(int32_t acc_u, int32_t colsum, float r, float b) {
     return static_cast<float>(acc_u - 128 * colsum) * r + b;
 }
 
-static void gemm_scalar(const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
+static void gemm_scalar(const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
                         int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
         const uint8_t* ar = a + m * p.k4 * 4;
@@ -360,7 +364,7 @@ static void gemm_scalar(const Packed& p, const uint8_t* a, const float* s, float
                     for (int t = 0; t < 4; ++t) acc[c] += ar[q * 4 + t] * wb[(q * kBlock + c) * 4 + t];
             for (int c = 0; c < kBlock; ++c) {
                 const int64_t n = nb * kBlock + c;
-                if (n < p.n) y[m * p.n + n] = epilogue(acc[c], p.colsum[n], g / s[m], bias[n]);
+                if (n < p.n) y[m * p.n + n] = epilogue(acc[c], p.colsum[n], rs[m], bias[n]);
             }
         }
     }
@@ -370,7 +374,7 @@ static void gemm_scalar(const Packed& p, const uint8_t* a, const float* s, float
 // MR rows x NB 16-column blocks per call; the accumulators stay in registers (fully unrolled loops).
 template <int MR, int NB>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(const Packed& p, const uint8_t* a,
-                                                                                 const float* s, float g,
+                                                                                 const float* rs,
                                                                                  const float* bias, float* y,
                                                                                  int64_t m, int64_t nb) {
     __m512i acc[MR][NB];
@@ -403,7 +407,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
             const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr));
-            const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(g / s[m + r])), bv);
+            const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(rs[m + r])), bv);
             _mm512_mask_storeu_ps(y + (m + r) * p.n + n0, mask, out);
         }
     }
@@ -411,7 +415,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
 
 // MR rows x one 16-column block (two ymm halves: columns 0-7 and 8-15).
 template <int MR>
-__attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const uint8_t* a, const float* s, float g,
+__attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const uint8_t* a, const float* rs,
                                                           const float* bias, float* y, int64_t m, int64_t nb) {
     __m256i acc[MR][2], acc16[MR][2];
 #pragma GCC unroll 16
@@ -445,7 +449,7 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const
     }
     const int64_t n0 = nb * kBlock;
     for (int r = 0; r < MR; ++r) {
-        const __m256 rv = _mm256_set1_ps(g / s[m + r]);
+        const __m256 rv = _mm256_set1_ps(rs[m + r]);
         for (int h = 0; h < 2; ++h) {
             const int64_t nh = n0 + 8 * h;
             if (nh >= p.n) break;
@@ -482,7 +486,7 @@ __attribute__((target("amx-tile"))) static void amx_configure() {
 }
 
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void tile_amx(const Packed& p, const uint8_t* a,
-                                                                                    const float* s, float g,
+                                                                                    const float* rs,
                                                                                     const float* bias, float* y,
                                                                                     int64_t m, int64_t nb) {
     const int64_t lda = p.k4 * 4, wstride = p.k4 * kBlock * 4;
@@ -516,7 +520,7 @@ __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void tile_a
         const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + n0);
         for (int r = 0; r < 32; ++r) {
             const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(&c[r][b * 16]), corr));
-            const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(g / s[m + r])), bv);
+            const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(rs[m + r])), bv);
             _mm512_mask_storeu_ps(y + (m + r) * p.n + n0, mask, out);
         }
     }
@@ -525,38 +529,38 @@ __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void tile_a
 // AVX-512 VNNI without AMX: up to 4 blocks (64 columns) per call, 24 accumulators of the 32 zmm registers, so
 // that each broadcast activation group feeds 4 vpdpbusd rather than 2 (half the activation loads per product).
 template <int MR>
-static void tile_wide(const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
+static void tile_wide(const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
                       int64_t m, int64_t nb) {
     switch (std::min<int64_t>(4, p.nb - nb)) {
-        case 4: return tile_avx512<MR, 4>(p, a, s, g, bias, y, m, nb);
-        case 3: return tile_avx512<MR, 3>(p, a, s, g, bias, y, m, nb);
-        case 2: return tile_avx512<MR, 2>(p, a, s, g, bias, y, m, nb);
-        default: return tile_avx512<MR, 1>(p, a, s, g, bias, y, m, nb);
+        case 4: return tile_avx512<MR, 4>(p, a, rs, bias, y, m, nb);
+        case 3: return tile_avx512<MR, 3>(p, a, rs, bias, y, m, nb);
+        case 2: return tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb);
+        default: return tile_avx512<MR, 1>(p, a, rs, bias, y, m, nb);
     }
 }
 
 template <int MR>
-static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
+static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
                  int64_t m, int64_t nb) {
     if (isa == Isa::avx512) {
-        tile_wide<MR>(p, a, s, g, bias, y, m, nb);
+        tile_wide<MR>(p, a, rs, bias, y, m, nb);
     } else if (isa == Isa::amx) {  // the rows left below whole AMX tiles, in AMX's 2-block column steps
         if (nb + 1 < p.nb)
-            tile_avx512<MR, 2>(p, a, s, g, bias, y, m, nb);
+            tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb);
         else
-            tile_avx512<MR, 1>(p, a, s, g, bias, y, m, nb);
+            tile_avx512<MR, 1>(p, a, rs, bias, y, m, nb);
     } else {
         // AVX2 has 16 ymm registers: at most 3 rows x 2 halves of int16 sums stay in registers at once
         constexpr int R = MR % 3 == 0 ? 3 : 1;
         for (int64_t b = nb; b < std::min(nb + 2, p.nb); ++b)
-            for (int r = 0; r < MR; r += R) tile_avx2<R>(p, a, s, g, bias, y, m + r, b);
+            for (int r = 0; r < MR; r += R) tile_avx2<R>(p, a, rs, bias, y, m + r, b);
     }
 }
 #endif
 
 constexpr int kMR = 6;  // rows per tile
 
-static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* s, float g, const float* bias, float* y,
+static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
                  int64_t m0, int64_t m1) {
 #if defined(__x86_64__)
     if (isa != Isa::scalar) {
@@ -565,20 +569,20 @@ static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* s, flo
         for (int64_t nb = 0; nb < p.nb; nb += step) {
             int64_t m = m0;
             if (isa == Isa::amx && nb + 1 < p.nb)  // whole 32-row tiles; the rest on the AVX-512 VNNI path
-                for (; m + 32 <= m1; m += 32) tile_amx(p, a, s, g, bias, y, m, nb);
-            for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, s, g, bias, y, m, nb);
+                for (; m + 32 <= m1; m += 32) tile_amx(p, a, rs, bias, y, m, nb);
+            for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, rs, bias, y, m, nb);
             switch (m1 - m) {  // the last 1-5 rows in one tile: one pass over the weights, not one per row
-                case 5: tile<5>(isa, p, a, s, g, bias, y, m, nb); break;
-                case 4: tile<4>(isa, p, a, s, g, bias, y, m, nb); break;
-                case 3: tile<3>(isa, p, a, s, g, bias, y, m, nb); break;
-                case 2: tile<2>(isa, p, a, s, g, bias, y, m, nb); break;
-                case 1: tile<1>(isa, p, a, s, g, bias, y, m, nb); break;
+                case 5: tile<5>(isa, p, a, rs, bias, y, m, nb); break;
+                case 4: tile<4>(isa, p, a, rs, bias, y, m, nb); break;
+                case 3: tile<3>(isa, p, a, rs, bias, y, m, nb); break;
+                case 2: tile<2>(isa, p, a, rs, bias, y, m, nb); break;
+                case 1: tile<1>(isa, p, a, rs, bias, y, m, nb); break;
             }
         }
         return;
     }
 #endif
-    gemm_scalar(p, a, s, g, bias, y, m0, m1);
+    gemm_scalar(p, a, rs, bias, y, m0, m1);
 }
 
 // Work is split in two levels. Each thread takes an equal share of whole tiles (AMX: 32 rows; the others: kMR),
@@ -637,14 +641,14 @@ public:
         outputs[0].set_shape(ys);
         float* y = outputs[0].data<float>();
         const float* xd = x.data<const float>();
-        // codes and scales live in per-thread buffers that only grow: a fresh multi-MB allocation per call
+        // codes and output scales live in per-thread buffers that only grow: a fresh multi-MB allocation per call
         // would fault its pages in on every layer
         static thread_local std::vector<uint8_t> a;
-        static thread_local std::vector<float> s;
+        static thread_local std::vector<float> rs;
         a.resize(std::max(a.size(), static_cast<size_t>(rows * p->k4 * 4)));
-        s.resize(std::max(s.size(), static_cast<size_t>(rows)));
+        rs.resize(std::max(rs.size(), static_cast<size_t>(rows)));
         uint8_t* codes = a.data();  // the lambda runs on other threads, whose thread_locals are other buffers
-        float* scales = s.data();
+        float* scales = rs.data();
         const Isa isa = active_isa();
         const int64_t tile_rows = rows_per_tile(isa), tiles_per_block = rows_per_block(isa) / tile_rows;
         const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
@@ -657,8 +661,8 @@ public:
             for (int64_t b = 0; b < blocks; ++b) {  // blocks of equal whole tiles (no small block at the end)
                 const int64_t m0 = (t0 + (t1 - t0) * b / blocks) * tile_rows;
                 const int64_t m1 = std::min(rows, (t0 + (t1 - t0) * (b + 1) / blocks) * tile_rows);
-                prepare_rows(isa, xd + m0 * k, m1 - m0, k, gamma, eps, p->k4, codes + m0 * p->k4 * 4, scales + m0);
-                gemm(isa, *p, codes, scales, g, bias, y, m0, m1);
+                prepare_rows(isa, xd + m0 * k, m1 - m0, k, gamma, eps, p->k4, g, codes + m0 * p->k4 * 4, scales + m0);
+                gemm(isa, *p, codes, scales, bias, y, m0, m1);
                 if (gelu_) gelu_inplace(isa, y + m0 * n, (m1 - m0) * n);
             }
         });
