@@ -21,6 +21,7 @@
 // The RMSNorm in front of each BitLinear is taken into the op as OpenVINO reads the ONNX (with_fused_norm): each
 // task normalises its rows in cache and quantises them, so the normalised tensor never goes out to memory. Its
 // float operations are the same on every path; like OpenVINO's own RMS op, it does not round as PyTorch does.
+// So is the GELU after fc1 (with_fused_gelu), applied to each block of output rows while they are in cache.
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -145,13 +146,13 @@ __attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(con
     for (int64_t m = 0; m < rows; ++m) {
         const float* xr = x + m * k;
         __m512 vmax[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        int64_t i = 0;
-        for (; i + 64 <= k; i += 64)  // four independent chains (max is exact in any order)
+        int64_t c = 0;
+        for (; c + 64 <= k; c += 64)  // four independent chains (max is exact in any order)
             for (int j = 0; j < 4; ++j)
-                vmax[j] = _mm512_max_ps(vmax[j], _mm512_abs_ps(_mm512_loadu_ps(xr + i + 16 * j)));
-        for (; i < k; i += 16) {
-            const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
-            vmax[0] = _mm512_max_ps(vmax[0], _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, xr + i)));
+                vmax[j] = _mm512_max_ps(vmax[j], _mm512_abs_ps(_mm512_loadu_ps(xr + c + 16 * j)));
+        for (; c < k; c += 16) {
+            const __mmask16 mk = static_cast<__mmask16>(k - c >= 16 ? 0xFFFF : (1u << (k - c)) - 1);
+            vmax[0] = _mm512_max_ps(vmax[0], _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, xr + c)));
         }
         const __m512 amax = _mm512_max_ps(_mm512_max_ps(vmax[0], vmax[1]), _mm512_max_ps(vmax[2], vmax[3]));
         const float sm = 127.0f / std::max(_mm512_reduce_max_ps(amax), kEps);
