@@ -163,8 +163,8 @@ def write_markdown(meta: dict, results: list[dict], out: Path) -> None:
         "",
         "Layer types (OpenVINO's names): FullyConnected, the fp32 linears (OpenVINO fuses their GELU in); Reference, "
         "edgedf's TernaryLinear (with its RMSNorm in, and fc1's GELU); Subgraph, the attention of each block "
-        "(QK^T, softmax, xV, fused); MVN, LayerNorm (the ternary model's norms run inside edgedf's op, all but the last). "
-        "The GEMM alone per path, one thread: results_kernel.md.",
+        "(QK^T, softmax, xV, fused); MVN, LayerNorm (the ternary model's norms run inside edgedf's op, all but the "
+        "last). The GEMM alone per path, one thread: results_kernel.md.",
         "",
     ]
     for r in results:
