@@ -301,44 +301,37 @@ static void gelu_scalar(float* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = gelu(y[i]);
 }
 
-#if defined(__x86_64__)  // gelu() operation for operation, 8 and 16 wide (the compiler left the AVX2 loop scalar)
-#define EDGEDF_GELU_BODY(V, set1, mul, add, div, min, max, fmadd)                                  \
-    const V x = min(max(mul(t, set1(0.70710678f)), set1(-4.f)), set1(4.f));                      \
-    const V x2 = mul(x, x);                                                                        \
-    V p = fmadd(x2, set1(-2.72614225801306e-10f), set1(2.77068142495902e-08f));                    \
-    p = fmadd(x2, p, set1(-2.10102402082508e-06f));                                                \
-    p = fmadd(x2, p, set1(-5.69250639462346e-05f));                                                \
-    p = fmadd(x2, p, set1(-7.34990630326855e-04f));                                                \
-    p = fmadd(x2, p, set1(-2.95459980854025e-03f));                                                \
-    p = fmadd(x2, p, set1(-1.60960333262415e-02f));                                                \
-    V q = fmadd(x2, set1(-1.45660718464996e-05f), set1(-2.13374055278905e-04f));                   \
-    q = fmadd(x2, q, set1(-1.68282697438203e-03f));                                                \
-    q = fmadd(x2, q, set1(-7.37332916720468e-03f));                                                \
-    q = fmadd(x2, q, set1(-1.42647390514189e-02f));                                                \
-    const V r = mul(mul(t, set1(0.5f)), add(set1(1.f), div(mul(x, p), q)));
+#if defined(__x86_64__)  // gelu() operation for operation, W wide (the compiler left the AVX2 loop scalar)
+#define EDGEDF_GELU_LOOP(V, W, load, store, set1, mul, add, div, min, max, fmadd)                      \
+    int64_t i = 0;                                                                                     \
+    for (; i + (W) <= n; i += (W)) {                                                                   \
+        const V t = load(y + i);                                                                       \
+        const V x = min(max(mul(t, set1(0.70710678f)), set1(-4.f)), set1(4.f));                       \
+        const V x2 = mul(x, x);                                                                        \
+        V p = fmadd(x2, set1(-2.72614225801306e-10f), set1(2.77068142495902e-08f));                    \
+        p = fmadd(x2, p, set1(-2.10102402082508e-06f));                                                \
+        p = fmadd(x2, p, set1(-5.69250639462346e-05f));                                                \
+        p = fmadd(x2, p, set1(-7.34990630326855e-04f));                                                \
+        p = fmadd(x2, p, set1(-2.95459980854025e-03f));                                                \
+        p = fmadd(x2, p, set1(-1.60960333262415e-02f));                                                \
+        V q = fmadd(x2, set1(-1.45660718464996e-05f), set1(-2.13374055278905e-04f));                   \
+        q = fmadd(x2, q, set1(-1.68282697438203e-03f));                                                \
+        q = fmadd(x2, q, set1(-7.37332916720468e-03f));                                                \
+        q = fmadd(x2, q, set1(-1.42647390514189e-02f));                                                \
+        store(y + i, mul(mul(t, set1(0.5f)), add(set1(1.f), div(mul(x, p), q))));                     \
+    }                                                                                                  \
+    gelu_scalar(y + i, n - i);
 
 __attribute__((target("avx2,fma"))) static void gelu_avx2(float* y, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 t = _mm256_loadu_ps(y + i);
-        EDGEDF_GELU_BODY(__m256, _mm256_set1_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_div_ps, _mm256_min_ps,
-                         _mm256_max_ps, _mm256_fmadd_ps)
-        _mm256_storeu_ps(y + i, r);
-    }
-    gelu_scalar(y + i, n - i);
+    EDGEDF_GELU_LOOP(__m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_mul_ps, _mm256_add_ps,
+                     _mm256_div_ps, _mm256_min_ps, _mm256_max_ps, _mm256_fmadd_ps)
 }
 
 __attribute__((target("avx512f"))) static void gelu_avx512(float* y, int64_t n) {
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 t = _mm512_loadu_ps(y + i);
-        EDGEDF_GELU_BODY(__m512, _mm512_set1_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_div_ps, _mm512_min_ps,
-                         _mm512_max_ps, _mm512_fmadd_ps)
-        _mm512_storeu_ps(y + i, r);
-    }
-    gelu_scalar(y + i, n - i);
+    EDGEDF_GELU_LOOP(__m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_mul_ps, _mm512_add_ps,
+                     _mm512_div_ps, _mm512_min_ps, _mm512_max_ps, _mm512_fmadd_ps)
 }
-#undef EDGEDF_GELU_BODY
+#undef EDGEDF_GELU_LOOP
 #endif
 
 static void gelu_inplace(Isa isa, float* y, int64_t n) {
