@@ -80,10 +80,10 @@ PROFILES: dict[str, TargetProfile] = {
             imgsz=None,
             ternary_lowering="int8-qdq",
             ternary_lowering_no_vnni="native",
-            why="With VNNI or AMX OpenVINO's static int8 Q/DQ MatMuls run within a few percent of edgedf's native "
-            "kernel, either way, and need no compiler on the device (the bundle keeps 2-bit weights, expanded to "
-            "int8 at load). Without VNNI they are slower than fp32, and export picks `native` instead: edgedf's own "
-            "TernaryLinear kernel, exact per-token codes (benchmarks/export).",
+            why="With VNNI or AMX OpenVINO's static int8 Q/DQ MatMuls run close to edgedf's native kernel (within "
+            "about a tenth, either way) and need no compiler on the device (the bundle keeps 2-bit weights, expanded "
+            "to int8 at load). Without VNNI they are slower than fp32, and export picks `native` instead: edgedf's "
+            "own TernaryLinear kernel, exact per-token codes (benchmarks/export).",
         ),
         TargetProfile(
             name="rpi",
