@@ -142,6 +142,11 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
     if opts.lowering and precision != "ternary":
         raise EdgedfError("--lowering applies to ternary exports only")
     notes = list(opts.notes)
+    if "fake" in ck.labels and not opts.threshold_data and "threshold" not in ck.meta:
+        notes.append(
+            "threshold 0.5 not calibrated on real faces: its 'fake' verdicts have no known false-alarm rate "
+            "(export with --threshold-data CROPS)"
+        )
     lowering_used = _ternary_lowering(profile, opts.lowering, notes) if precision == "ternary" else None
     needs_calibration = precision == "int8-ptq" or lowering_used == "int8-qdq"
     if needs_calibration and source.kind == "random":

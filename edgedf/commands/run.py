@@ -215,6 +215,14 @@ def register(app: typer.Typer) -> None:
             notes = b.notes
             if notes and bundle is None:
                 console.print(f"[yellow]note:[/yellow] {escape(notes)}", highlight=False)
+            if threshold is None and "fake" in b.labels and b.manifest.get("threshold_calibration") is None:
+                err_console.print(
+                    f"[yellow]warning:[/yellow] this bundle's threshold ({b.threshold:.2f}) was not calibrated on "
+                    "real faces, so its 'fake' verdicts have no known false-alarm rate: export it with "
+                    "--threshold-data CROPS, or pass --threshold",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         code = exit_code(results)
         if code:
             raise typer.Exit(code)

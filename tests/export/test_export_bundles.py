@@ -106,6 +106,8 @@ def test_manifest_contents(checkpoints, tmp_path):
     assert m["deviations"] and "per-token" in m["deviations"][0]
     assert m["calibration"]["needed"] and m["calibration"]["source"] == "random"
     assert any("random images" in n for n in m["notes"])
+    # no --threshold-data: the bundle's 0.5 is said to be uncalibrated (edgedf run warns about such bundles)
+    assert m["threshold_calibration"] is None and any("not calibrated" in n for n in m["notes"])
     on_disk = json.loads((path / "manifest.json").read_text())
     assert on_disk["parity"]["proxy_for"] == "tensorrt"
     assert set(on_disk["files"]) == {"model.onnx", "reference.npz"}
@@ -146,7 +148,7 @@ def test_calibration_from_data(checkpoints, tmp_path):
         ),
     )
     assert m["calibration"]["source"] == "data" and m["calibration"]["images"] == 6
-    assert not m["notes"]
+    assert not any("random images" in n for n in m["notes"])  # only the uncalibrated-threshold note
 
 
 def test_verification_gate_removes_bundle(checkpoints, tmp_path):

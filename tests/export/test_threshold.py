@@ -32,6 +32,7 @@ def test_export_calibrates_and_records_the_threshold(checkpoints, tmp_path):
     cal = m["threshold_calibration"]
     assert m["threshold"] == cal["threshold"] and cal["real_crops"] == 8 and cal["fake_crops"] == 8
     assert cal["false_alarm_rate"] <= 0.25 and m["verdict_policy"]["min_face_px"] == 80
+    assert not any("not calibrated" in n for n in m["notes"])
     again = calibrate(out, [crops], 0.25)  # the same scores from the written bundle
     assert again["threshold"] == pytest.approx(cal["threshold"])
     from edgedf.runtime.bundle import load_bundle

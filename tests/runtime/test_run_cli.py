@@ -265,6 +265,17 @@ def test_default_bundle_ships_trained_ternary_and_says_what_it_is():
     assert b.verdict_policy.min_face_px > 0
 
 
+def test_uncalibrated_threshold_is_flagged(tiny_bundle, face_video):
+    # a bundle exported without --threshold-data: its "fake" verdicts have no known false-alarm rate, and run says so
+    # on stderr (the table and the report stay as they are); an explicit --threshold is the user's own choice
+    assert load_bundle(tiny_bundle).manifest.get("threshold_calibration") is None
+    r = run(face_video, "--bundle", tiny_bundle, "--frames", "4")
+    assert r.exit_code == 0, r.output
+    assert "threshold (0.50) was not calibrated" in r.stderr and "not calibrated" not in r.stdout
+    r = run(face_video, "--bundle", tiny_bundle, "--frames", "4", "--threshold", "0.5")
+    assert r.exit_code == 0 and "not calibrated" not in r.stderr
+
+
 NO_TORCH_RUN = """
 import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
