@@ -387,7 +387,7 @@ def test_internal_error_has_its_own_exit_code_and_one_line(tiny_bundle, face_vid
         raise RuntimeError("simulated bug\nsecond line")
 
     monkeypatch.setattr(report, "exit_code", broken)  # a bug after the analysis, not bad input
-    r = run(face_video, "--bundle", tiny_bundle)
+    r = run(face_video, "--bundle", tiny_bundle, "--threshold", "0.5")  # (no uncalibrated-threshold warning)
     assert r.exit_code == 4 and "internal error: RuntimeError: simulated bug second line" in r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
 
