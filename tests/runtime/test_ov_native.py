@@ -187,14 +187,18 @@ def _norm(x, seed):
     return gamma, np.float32(1e-6), 2.0, -1
 
 
-def _fused_nodes(lib, model: bytes) -> int:
-    """TernaryLinear nodes that took their RMSNorm in (6 inputs) as OpenVINO reads the ONNX with the extension."""
+def _ops(lib, model: bytes) -> list:
+    """The operations OpenVINO reads the ONNX into, with the extension."""
     import openvino as ov
 
     core = ov.Core()
     core.add_extension(str(lib))
-    m = core.read_model(model=model, weights=ov.Tensor(np.empty(0, np.uint8)))
-    return sum(op.get_type_name() == "TernaryLinear" and len(op.inputs()) == 6 for op in m.get_ops())
+    return core.read_model(model=model, weights=ov.Tensor(np.empty(0, np.uint8))).get_ops()
+
+
+def _fused_nodes(lib, model: bytes) -> int:
+    """TernaryLinear nodes that took their RMSNorm in (6 inputs)."""
+    return sum(op.get_type_name() == "TernaryLinear" and len(op.inputs()) == 6 for op in _ops(lib, model))
 
 
 @pytest.mark.parametrize("isa", _cpu_paths())
@@ -219,13 +223,8 @@ def _gelu(t):
 
 
 def _op_types(lib, model: bytes) -> list[tuple[str, dict]]:
-    """(type, attributes) of the operations OpenVINO reads the ONNX into, with the extension."""
-    import openvino as ov
-
-    core = ov.Core()
-    core.add_extension(str(lib))
-    m = core.read_model(model=model, weights=ov.Tensor(np.empty(0, np.uint8)))
-    return [(op.get_type_name(), op.get_attributes()) for op in m.get_ops()]
+    """(type, attributes) of each operation."""
+    return [(op.get_type_name(), op.get_attributes()) for op in _ops(lib, model)]
 
 
 @pytest.mark.parametrize("isa", _cpu_paths())
