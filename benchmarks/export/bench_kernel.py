@@ -64,7 +64,8 @@ int main() {
     printf("%s %.4f %.1f\n", isa_name(isa), best * 1e3, macs / best / 1e9);
 }
 """
-PATHS = (("avx2", "avx2"), ("avx512", "avx512_vnni"), ("amx", "amx_int8"))  # EDGEDF_TERNARY_ISA, CPU flag
+# (EDGEDF_TERNARY_ISA, CPU flag)
+PATHS = (("avx2", "avx2"), ("avxvnni", "avx_vnni"), ("avx512", "avx512_vnni"), ("amx", "amx_int8"))
 
 
 def build(tmp: Path, source: Path) -> Path:

@@ -107,7 +107,7 @@ def extension() -> Path:
 
 
 def cpu_path(lib: Path) -> str:
-    """Which kernel the library runs on this CPU: avx512-vnni, avx2 or scalar."""
+    """Which kernel the library runs on this CPU: amx-int8, avx512-vnni, avx-vnni, avx2 or scalar."""
     fn = ctypes.CDLL(str(lib)).edgedf_ternary_isa
     fn.restype = ctypes.c_char_p
     return fn().decode()

@@ -13,11 +13,13 @@
 // broadcast 4-byte group of an activation row meets 16 columns at once (no horizontal sums).
 //   AMX-INT8 (where Linux grants the tile state): TDPBUSD on 32x32 tiles; this layout is its B layout.
 //   AVX-512 VNNI: vpdpbusd accumulates the 4 products straight into int32.
+//   AVX-VNNI (AVX2 with the 256-bit VNNI of Alder Lake and later hybrid cores, which have no AVX-512): vpdpbusd on
+//     ymm registers, 6 rows x 16 columns per tile.
 //   AVX2 (no VNNI): vpmaddubsw gives pair sums in int16. A plain int8 GEMM must widen after every step
 //     (pairs of 255 * 127 can reach 64770 and saturate); with |c| <= 1 a pair sum is at most 510, so 64 steps
 //     (256 k values) accumulate in int16 before one vpmaddwd widens them: 2 instructions per step, not 3.
 //   scalar: anything else (and the reference the SIMD paths are tested against).
-// The path is chosen at run time from the CPU; EDGEDF_TERNARY_ISA=amx|avx512|avx2|scalar forces one (tests).
+// The path is chosen at run time from the CPU; EDGEDF_TERNARY_ISA=amx|avx512|avxvnni|avx2|scalar forces one (tests).
 // The RMSNorm in front of each BitLinear is taken into the op as OpenVINO reads the ONNX (with_fused_norm): each
 // task normalises its rows in cache and quantises them, so the normalised tensor never goes out to memory. Its
 // float operations are the same on every path; like OpenVINO's own RMS op, it does not round as PyTorch does.
@@ -59,7 +61,24 @@ namespace edgedf {
 constexpr float kEps = 1e-5f;  // train.bitlinear.EPS
 constexpr int kBlock = 16;      // output columns per weight block
 
-enum class Isa { scalar, avx2, avx512, amx };
+enum class Isa { scalar, avx2, avxvnni, avx512, amx };
+
+static bool ymm_path(Isa isa) { return isa == Isa::avx2 || isa == Isa::avxvnni; }  // 256-bit norm, codes, GELU
+
+// Compilers older than these do not know AVX-VNNI (target "avxvnni"): the kernel then builds without that path.
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
+#define EDGEDF_AVX_VNNI 1
+#endif
+
+// AVX-VNNI (CPUID leaf 7 subleaf 1, EAX bit 4) on a CPU whose AVX2 the OS enables.
+static bool avx_vnni_usable() {
+#if defined(EDGEDF_AVX_VNNI)
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 4) & 1);
+#else
+    return false;
+#endif
+}
 
 // AMX-INT8 (Sapphire Rapids and later): the CPU has it and Linux grants this process the tile state.
 static bool amx_usable() {
@@ -74,16 +93,19 @@ static bool amx_usable() {
 }
 
 static Isa detect_isa() {
+    const bool avx_vnni = avx_vnni_usable();
     if (const char* forced = std::getenv("EDGEDF_TERNARY_ISA")) {
         std::string f(forced);
         if (f == "scalar") return Isa::scalar;
         if (f == "avx2") return __builtin_cpu_supports("avx2") ? Isa::avx2 : Isa::scalar;
+        if (f == "avxvnni") return avx_vnni ? Isa::avxvnni : Isa::scalar;
         const bool vnni512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
         if (f == "avx512") return vnni512 ? Isa::avx512 : Isa::scalar;
         if (f == "amx") return vnni512 && amx_usable() ? Isa::amx : Isa::scalar;
     }
     if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
         return amx_usable() ? Isa::amx : Isa::avx512;
+    if (avx_vnni) return Isa::avxvnni;
     if (__builtin_cpu_supports("avx2")) return Isa::avx2;
     return Isa::scalar;
 }
@@ -92,6 +114,7 @@ static const char* isa_name(Isa isa) {
     switch (isa) {
         case Isa::amx: return "amx-int8";
         case Isa::avx512: return "avx512-vnni";
+        case Isa::avxvnni: return "avx-vnni";
         case Isa::avx2: return "avx2";
         default: return "scalar";
     }
@@ -247,7 +270,7 @@ __attribute__((target("avx512f"))) static void rms_norm_row_avx512(const float* 
 static void quantize_rows(Isa isa, const float* x, int64_t rows, int64_t k, int64_t k4, uint8_t* a, float* s) {
 #if defined(__x86_64__)
     if (isa == Isa::avx512 || isa == Isa::amx) return quantize_rows_avx512(x, rows, k, k4, a, s);
-    if (isa == Isa::avx2) return quantize_rows_avx2(x, rows, k, k4, a, s);
+    if (ymm_path(isa)) return quantize_rows_avx2(x, rows, k, k4, a, s);
 #endif
     quantize_rows_scalar(x, rows, k, k4, a, s);
 }
@@ -266,7 +289,7 @@ static void prepare_rows(Isa isa, const float* x, int64_t rows, int64_t k, const
 #if defined(__x86_64__)
             if (isa == Isa::avx512 || isa == Isa::amx)
                 rms_norm_row_avx512(x + r * k, k, gamma, eps, xn.data());
-            else if (isa == Isa::avx2)
+            else if (ymm_path(isa))
                 rms_norm_row_avx2(x + r * k, k, gamma, eps, xn.data());
             else
 #endif
@@ -338,7 +361,7 @@ __attribute__((target("avx512f"))) static void gelu_avx512(float* y, int64_t n) 
 static void gelu_inplace(Isa isa, float* y, int64_t n) {
 #if defined(__x86_64__)
     if (isa == Isa::avx512 || isa == Isa::amx) return gelu_avx512(y, n);
-    if (isa == Isa::avx2) return gelu_avx2(y, n);
+    if (ymm_path(isa)) return gelu_avx2(y, n);
 #endif
     gelu_scalar(y, n);
 }
@@ -408,7 +431,33 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
     }
 }
 
-// MR rows x one 16-column block (two ymm halves: columns 0-7 and 8-15).
+// The 256-bit paths' epilogue: MR rows x one 16-column block of int32 sums (two ymm halves: columns 0-7, 8-15).
+template <int MR>
+__attribute__((target("avx2,fma"), always_inline)) static inline void store_ymm(const Packed& p, const __m256i (*acc)[2],
+                                                                               const float* rs, const float* bias,
+                                                                               float* y, int64_t m, int64_t nb) {
+    const int64_t n0 = nb * kBlock;
+    for (int r = 0; r < MR; ++r) {
+        const __m256 rv = _mm256_set1_ps(rs[m + r]);
+        for (int h = 0; h < 2; ++h) {
+            const int64_t nh = n0 + 8 * h;
+            if (nh >= p.n) break;
+            const __m256i corr = _mm256_slli_epi32(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.colsum.data() + nh)), 7);
+            const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], corr));
+            const __m256 prod = _mm256_mul_ps(v, rv);
+            if (p.n - nh >= 8) {
+                _mm256_storeu_ps(y + (m + r) * p.n + nh, _mm256_add_ps(prod, _mm256_loadu_ps(bias + nh)));
+            } else {
+                alignas(32) float tmp[8];
+                _mm256_store_ps(tmp, prod);
+                for (int64_t c = 0; c < p.n - nh; ++c) y[(m + r) * p.n + nh + c] = tmp[c] + bias[nh + c];
+            }
+        }
+    }
+}
+
+// AVX2: MR rows (at most 3: 16 ymm registers) x one 16-column block.
 template <int MR>
 __attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const uint8_t* a, const float* rs,
                                                           const float* bias, float* y, int64_t m, int64_t nb) {
@@ -442,26 +491,38 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const
                 acc16[r][h] = _mm256_setzero_si256();
             }
     }
-    const int64_t n0 = nb * kBlock;
-    for (int r = 0; r < MR; ++r) {
-        const __m256 rv = _mm256_set1_ps(rs[m + r]);
-        for (int h = 0; h < 2; ++h) {
-            const int64_t nh = n0 + 8 * h;
-            if (nh >= p.n) break;
-            const __m256i corr = _mm256_slli_epi32(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.colsum.data() + nh)), 7);
-            const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], corr));
-            const __m256 prod = _mm256_mul_ps(v, rv);
-            if (p.n - nh >= 8) {
-                _mm256_storeu_ps(y + (m + r) * p.n + nh, _mm256_add_ps(prod, _mm256_loadu_ps(bias + nh)));
-            } else {
-                alignas(32) float tmp[8];
-                _mm256_store_ps(tmp, prod);
-                for (int64_t c = 0; c < p.n - nh; ++c) y[(m + r) * p.n + nh + c] = tmp[c] + bias[nh + c];
-            }
+    store_ymm<MR>(p, acc, rs, bias, y, m, nb);
+}
+
+#if defined(EDGEDF_AVX_VNNI)
+// AVX-VNNI: MR rows (up to kMR: 12 accumulators, 2 weight halves and a broadcast in the 16 ymm registers) x one
+// 16-column block; vpdpbusd sums the 4 products of each group straight into int32.
+template <int MR>
+__attribute__((target("avx2,fma,avxvnni"))) static void tile_avxvnni(const Packed& p, const uint8_t* a,
+                                                                     const float* rs, const float* bias, float* y,
+                                                                     int64_t m, int64_t nb) {
+    __m256i acc[MR][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    const int8_t* wb = p.w.data() + nb * p.k4 * kBlock * 4;
+    const int64_t lda = p.k4 * 4;
+    const uint8_t* ar = a + m * lda;
+    for (int64_t q = 0; q < p.k4; ++q) {
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * kBlock * 4));
+        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * kBlock * 4 + 32));
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ar + r * lda + q * 4));
+            acc[r][0] = _mm256_dpbusd_avx_epi32(acc[r][0], av, w0);
+            acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], av, w1);
         }
     }
+    __m256i sums[MR][2];  // acc's address is never taken, which keeps it in registers
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) sums[r][0] = acc[r][0], sums[r][1] = acc[r][1];
+    store_ymm<MR>(p, sums, rs, bias, y, m, nb);
 }
+#endif
 
 // AMX: 32 rows x 32 columns per call, four 16x16 int32 accumulator tiles. The weight blocks are already in
 // the layout TDPBUSD takes for B (per 16-column block, one 64-byte row per 4 k: 16 columns x 4 bytes).
@@ -544,6 +605,10 @@ static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
             tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb);
         else
             tile_avx512<MR, 1>(p, a, rs, bias, y, m, nb);
+#if defined(EDGEDF_AVX_VNNI)
+    } else if (isa == Isa::avxvnni) {
+        for (int64_t b = nb; b < std::min(nb + 2, p.nb); ++b) tile_avxvnni<MR>(p, a, rs, bias, y, m, b);
+#endif
     } else {
         // AVX2 has 16 ymm registers: at most 3 rows x 2 halves of int16 sums stay in registers at once
         constexpr int R = MR % 3 == 0 ? 3 : 1;

@@ -152,7 +152,8 @@ print(cpu_path(lib))
 
 def _cpu_paths():
     flags = set(cpu_info()[1])  # every AVX-512 VNNI CPU has AVX-512 BW too, which that path also needs
-    paths = ["scalar"] + ["avx2"] * ("avx2" in flags) + ["avx512"] * ("avx512_vnni" in flags)
+    paths = ["scalar"] + ["avx2"] * ("avx2" in flags) + ["avxvnni"] * ("avx2" in flags and "avx_vnni" in flags)
+    paths += ["avx512"] * ("avx512_vnni" in flags)
     return paths + ["amx"] * ("avx512_vnni" in flags and "amx_int8" in flags)
 
 
@@ -169,7 +170,7 @@ def _run_on_path(lib, isa, model: bytes, x, tmp_path) -> np.ndarray:
         cwd=tmp_path,  # not the checkout, whose edgedf/ would shadow an installed wheel
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8"}.get(isa, isa)
+    assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8", "avxvnni": "avx-vnni"}.get(isa, isa)
     return np.load(tmp_path / "y.npy")
 
 
@@ -313,4 +314,4 @@ def test_module_cli_builds_and_names_the_path(native_kernel, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == str(native_kernel)
-    assert proc.stdout.splitlines()[1].split(": ")[1] in ("amx-int8", "avx512-vnni", "avx2", "scalar")
+    assert proc.stdout.splitlines()[1].split(": ")[1] in ("amx-int8", "avx512-vnni", "avx-vnni", "avx2", "scalar")
