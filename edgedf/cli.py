@@ -297,16 +297,17 @@ def targets(fmt: str = typer.Option("table", "--format", help=FORMAT_HELP)) -> N
 
     columns = ["Target", "Device", "Backend", "Precisions", "Default fp / bit", "Threads", "Ternary lowering"]
     ps = list(PROFILES.values())
+    avx2 = " without AVX-512 VNNI or AMX"
     rows = [
         [p.name, p.device, p.backend, ", ".join(p.precisions), f"{p.default_fp} / {p.default_bit}",
          str(p.threads or "all"),
-         p.ternary_lowering + (f" ({p.ternary_lowering_no_vnni} without VNNI)" if p.ternary_lowering_no_vnni else "")]
+         p.ternary_lowering + (f" ({p.ternary_lowering_no_avx512}{avx2})" if p.ternary_lowering_no_avx512 else "")]
         for p in ps
     ]  # fmt: skip
     records = [
         {"target": p.name, "device": p.device, "backend": p.backend, "precisions": list(p.precisions),
          "default_fp": p.default_fp, "default_bit": p.default_bit, "threads": p.threads,
-         "ternary_lowering": p.ternary_lowering, "ternary_lowering_no_vnni": p.ternary_lowering_no_vnni}
+         "ternary_lowering": p.ternary_lowering, "ternary_lowering_no_avx512": p.ternary_lowering_no_avx512}
         for p in ps
     ]  # fmt: skip
     if fmt == "csv":

@@ -4,13 +4,15 @@ random-initialised ViT-Ti and ViT-S at 224 px (speed and size do not depend on t
     python benchmarks/export/bench_export.py [--presets vit_tiny vit_small] [--runs 20] [--threads 2]
     python benchmarks/export/bench_export.py --emulate-avx2     # OpenVINO rows as on a CPU without VNNI
     python benchmarks/export/bench_export.py --emulate-vnni     # ... as on an AVX-512 VNNI CPU without AMX
+    python benchmarks/export/bench_export.py --emulate-avxvnni  # ... as on an AVX-VNNI CPU (AVX2 + VNNI, no AVX-512)
     python benchmarks/export/bench_export.py --fp runs/detector_fp/model --bit runs/detector_bit/model
                                   # the shipped default's family instead: results_default_family.*
 
 Writes results.json and results.md next to this file (results_avx2_emulated.* with --emulate-avx2: OpenVINO's
 oneDNN kernels limited to AVX2 by ONEDNN_MAX_CPU_ISA and edgedf's native kernel forced to its AVX2 path, on
-this CPU; results_vnni_emulated.* with --emulate-vnni: limited to AVX-512 VNNI, no AMX; ONNX Runtime has no
-such switch, so its rows are left out; a real CPU of that kind will differ).
+this CPU; results_vnni_emulated.* with --emulate-vnni: limited to AVX-512 VNNI, no AMX;
+results_avxvnni_emulated.* with --emulate-avxvnni: limited to AVX2 with AVX-VNNI; ONNX Runtime has no such
+switch, so its rows are left out; a real CPU of that kind will differ).
 Every bundle is exported with `edgedf export`'s
 own code path (export_bundle), verified against PyTorch on 64 random crops, then timed through the
 runtime's backend layer (the same sessions `edgedf run` uses).
@@ -55,6 +57,11 @@ EMULATE = {
         "env": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "EDGEDF_TERNARY_ISA": "avx512"},
         "stem": "vnni_emulated",
     },
+    "avxvnni": {
+        "name": "AVX-VNNI (AVX2 with 256-bit VNNI, no AVX-512)",
+        "env": {"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI", "EDGEDF_TERNARY_ISA": "avxvnni"},
+        "stem": "avxvnni_emulated",
+    },
 }
 
 # (label, checkpoint kind, target, precision, lowering override)
@@ -69,8 +76,20 @@ CONFIGS = [
     ("OpenVINO fp16", "fp", "cpu", "fp16", None),
     ("OpenVINO int8-ptq (NNCF)", "fp", "cpu", "int8-ptq", None),
     ("OpenVINO int8-qat", "qat", "cpu", "int8-qat", None),
-    ("OpenVINO ternary (int8 Q/DQ, 2-bit on disk; cpu default with VNNI)", "bit", "cpu", "ternary", "int8-qdq"),
-    ("OpenVINO ternary (native kernel, exact codes; cpu default without VNNI)", "bit", "cpu", "ternary", "native"),
+    (
+        "OpenVINO ternary (int8 Q/DQ, 2-bit on disk; cpu default with AVX-512 VNNI or AMX)",
+        "bit",
+        "cpu",
+        "ternary",
+        "int8-qdq",
+    ),
+    (
+        "OpenVINO ternary (native kernel, exact codes; cpu default on AVX2 and AVX-VNNI)",
+        "bit",
+        "cpu",
+        "ternary",
+        "native",
+    ),
     ("OpenVINO ternary (u2 MatMulNBits IR)", "bit", "cpu", "ternary", "matmulnbits-2bit"),
 ]
 
@@ -122,6 +141,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--emulate-avx2", action="store_true", help="OpenVINO rows only, limited to AVX2 (see above)")
     ap.add_argument("--emulate-vnni", action="store_true", help="OpenVINO rows only, AVX-512 VNNI without AMX")
+    ap.add_argument("--emulate-avxvnni", action="store_true", help="OpenVINO rows only, AVX2 with AVX-VNNI")
     ap.add_argument("--fp", type=Path, help="a trained full-precision checkpoint (with --bit: no random models)")
     ap.add_argument("--bit", type=Path, help="its trained BitLinear twin")
     args = ap.parse_args()
@@ -132,7 +152,10 @@ def main() -> None:
     if args.fp:  # the trained pair: fp32 / int8-ptq from --fp, ternary from --bit (no QAT checkpoint)
         configs, stem = [c for c in configs if c[1] != "qat"], "results_default_family"
         args.presets = ["trained"]
-    emulated = EMULATE["avx2"] if args.emulate_avx2 else EMULATE["vnni"] if args.emulate_vnni else None
+    chosen = [e for e in EMULATE if getattr(args, f"emulate_{e}")]
+    if len(chosen) > 1:
+        ap.error("one --emulate-* at a time")
+    emulated = EMULATE[chosen[0]] if chosen else None
     if emulated:  # before OpenVINO's CPU plugin loads (it reads the variable once)
         os.environ.update(emulated["env"])
         configs, stem = [c for c in configs if c[0].startswith("OpenVINO")], f"{stem}_{emulated['stem']}"
@@ -233,8 +256,9 @@ def write_markdown(meta: dict, rows: list[dict], failed: list[dict], out: Path) 
             "",
             f"**Emulated** ({meta['emulated']}): OpenVINO's oneDNN kernels limited to that instruction set and "
             "edgedf's kernel on its path for it, on this CPU; some of OpenVINO's own JIT kernels (e.g. RMS) still "
-            "use what the CPU has. A real CPU of that kind (AVX2 only: e.g. AMD Zen 3; AVX-512 VNNI without AMX: "
-            "e.g. Ice Lake, Zen 4) has other timings: read this as the ranking of the paths there, not their speed.",
+            "use what the CPU has. A real CPU of that kind (AVX2 only: e.g. AMD Zen 3; AVX-VNNI: e.g. Intel Alder "
+            "Lake and later client CPUs; AVX-512 VNNI without AMX: e.g. Ice Lake, Zen 4) has other timings: read "
+            "this as the ranking of the paths there, not their speed.",
         ]
     for preset in dict.fromkeys(r["preset"] for r in rows):
         rs = [r for r in rows if r["preset"] == preset]
