@@ -3,7 +3,7 @@
     python benchmarks/export/profile_native.py     # writes results_profile.md / .json beside this file
 
 Exports a random-initialised ViT-S at 224 px twice with `edgedf export`'s own code (fp32, and ternary with the
-`native` lowering), then, for each CPU path this machine has (AVX2 and AVX-512 VNNI emulated as in
+`native` lowering), then, for each CPU path this machine has (AVX2, AVX-VNNI and AVX-512 VNNI emulated as in
 bench_export.py, and the CPU as it is), in a fresh process: compiles both as the runtime does (2 threads,
 LATENCY, f32) with OpenVINO's per-layer counters on (PERF_COUNT), times batch 8 and sums each layer type's
 real time. The ternary layers show as OpenVINO "Reference" layers (edgedf's op); their multiply-adds over their
@@ -30,7 +30,7 @@ PRESET, BATCH, THREADS = "vit_small", 8, 2
 PATHS = (
     *(
         (f"{e['name']} (emulated)", e["env"], flag)
-        for e, flag in ((EMULATE["avx2"], "avx2"), (EMULATE["vnni"], "avx512_vnni"))
+        for e, flag in ((EMULATE["avx2"], "avx2"), (EMULATE["avxvnni"], "avx_vnni"), (EMULATE["vnni"], "avx512_vnni"))
     ),
     ("this CPU", {}, None),
 )
