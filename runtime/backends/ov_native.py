@@ -28,8 +28,20 @@ from pathlib import Path
 from ..errors import EdgedfError
 
 SOURCE = Path(__file__).resolve().parent.parent / "native" / "ternary_linear.cpp"
-# -ffp-contract=off: no fused multiply-adds, so the epilogue rounds as the tests' float32 reference does
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-DOV_THREAD=OV_THREAD_TBB"]
+# -ffp-contract=off: no fused multiply-adds, so the epilogue rounds as the tests' float32 reference does.
+# -fvisibility=hidden: only the two entry points are exported (create_extensions, edgedf_ternary_isa). Otherwise a
+# function-local static such as the chosen CPU path is a GNU unique symbol, which the dynamic linker shares between
+# two builds loaded in one process (ab_native.py): the second ran the first one's path number, read in its own enum.
+FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-fvisibility=hidden",
+    "-fvisibility-inlines-hidden",
+    "-ffp-contract=off",
+    "-DOV_THREAD=OV_THREAD_TBB",
+]
 # the OpenVINO libraries the extension links: the core, the ONNX frontend (for the conversion rule), TBB
 LIBS = ("libopenvino.so", "libopenvino_onnx_frontend.so", "libtbb.so")
 

@@ -309,6 +309,32 @@ def test_build_errors_are_one_line(monkeypatch, tmp_path):
     assert not list(tmp_path.rglob("*.so*"))
 
 
+TWO_BUILDS = """
+import ctypes, os, sys
+paths = []
+for lib, isa in zip(sys.argv[1:], ("scalar", "avx2")):
+    os.environ["EDGEDF_TERNARY_ISA"] = isa  # read once per library, at its first call
+    fn = ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL).edgedf_ternary_isa
+    fn.restype = ctypes.c_char_p
+    paths.append(fn().decode())
+print(*paths)
+"""
+
+
+@pytest.mark.skipif("avx2" not in cpu_info()[1], reason="needs two CPU paths to tell the builds apart")
+def test_two_builds_in_one_process_keep_their_own_state(native_kernel, tmp_path):
+    # ab_native.py loads an old and a new build side by side; a function-local static left a GNU unique symbol,
+    # so both builds shared the first one's CPU path (and read its number in their own enum)
+    other = tmp_path / "other.cpp"
+    other.write_text(ov_native.SOURCE.read_text() + "// another build\n")
+    second = ov_native.build(source=other)
+    assert second != native_kernel
+    proc = subprocess.run([sys.executable, "-c", TWO_BUILDS, str(native_kernel), str(second)], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["scalar", "avx2"]
+
+
 def test_module_cli_builds_and_names_the_path(native_kernel, tmp_path):
     cmd = [sys.executable, "-m", "edgedf.runtime.backends.ov_native"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, cwd=tmp_path)
