@@ -297,11 +297,11 @@ def targets(fmt: str = typer.Option("table", "--format", help=FORMAT_HELP)) -> N
 
     columns = ["Target", "Device", "Backend", "Precisions", "Default fp / bit", "Threads", "Ternary lowering"]
     ps = list(PROFILES.values())
-    avx2 = " without AVX-512 VNNI or AMX"
+    no_avx512 = " without AVX-512 VNNI or AMX"
     rows = [
         [p.name, p.device, p.backend, ", ".join(p.precisions), f"{p.default_fp} / {p.default_bit}",
          str(p.threads or "all"),
-         p.ternary_lowering + (f" ({p.ternary_lowering_no_avx512}{avx2})" if p.ternary_lowering_no_avx512 else "")]
+         p.ternary_lowering + (f" ({p.ternary_lowering_no_avx512}{no_avx512})" if p.ternary_lowering_no_avx512 else "")]
         for p in ps
     ]  # fmt: skip
     records = [
