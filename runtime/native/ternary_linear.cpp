@@ -63,7 +63,9 @@ constexpr int kBlock = 16;      // output columns per weight block
 
 enum class Isa { scalar, avx2, avxvnni, avx512, amx };
 
-static bool ymm_path(Isa isa) { return isa == Isa::avx2 || isa == Isa::avxvnni; }  // 256-bit norm, codes, GELU
+// which width of the norm, codes and GELU a path uses
+static bool zmm_path(Isa isa) { return isa == Isa::avx512 || isa == Isa::amx; }
+static bool ymm_path(Isa isa) { return isa == Isa::avx2 || isa == Isa::avxvnni; }
 
 // Compilers older than these do not know AVX-VNNI (target "avxvnni"): the kernel then builds without that path.
 #if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
@@ -267,9 +269,17 @@ __attribute__((target("avx512f"))) static void rms_norm_row_avx512(const float* 
 }
 #endif
 
+static void rms_norm_row(Isa isa, const float* x, int64_t k, const float* gamma, float eps, float* o) {
+#if defined(__x86_64__)
+    if (zmm_path(isa)) return rms_norm_row_avx512(x, k, gamma, eps, o);
+    if (ymm_path(isa)) return rms_norm_row_avx2(x, k, gamma, eps, o);
+#endif
+    rms_norm_row_scalar(x, k, gamma, eps, o);
+}
+
 static void quantize_rows(Isa isa, const float* x, int64_t rows, int64_t k, int64_t k4, uint8_t* a, float* s) {
 #if defined(__x86_64__)
-    if (isa == Isa::avx512 || isa == Isa::amx) return quantize_rows_avx512(x, rows, k, k4, a, s);
+    if (zmm_path(isa)) return quantize_rows_avx512(x, rows, k, k4, a, s);
     if (ymm_path(isa)) return quantize_rows_avx2(x, rows, k, k4, a, s);
 #endif
     quantize_rows_scalar(x, rows, k, k4, a, s);
@@ -286,14 +296,7 @@ static void prepare_rows(Isa isa, const float* x, int64_t rows, int64_t k, const
         static thread_local std::vector<float> xn;
         xn.resize(std::max(xn.size(), static_cast<size_t>(k)));
         for (int64_t r = 0; r < rows; ++r) {
-#if defined(__x86_64__)
-            if (isa == Isa::avx512 || isa == Isa::amx)
-                rms_norm_row_avx512(x + r * k, k, gamma, eps, xn.data());
-            else if (ymm_path(isa))
-                rms_norm_row_avx2(x + r * k, k, gamma, eps, xn.data());
-            else
-#endif
-                rms_norm_row_scalar(x + r * k, k, gamma, eps, xn.data());
+            rms_norm_row(isa, x + r * k, k, gamma, eps, xn.data());
             quantize_rows(isa, xn.data(), 1, k, k4, a + r * k4 * 4, rs + r);
         }
     }
@@ -360,7 +363,7 @@ __attribute__((target("avx512f"))) static void gelu_avx512(float* y, int64_t n) 
 
 static void gelu_inplace(Isa isa, float* y, int64_t n) {
 #if defined(__x86_64__)
-    if (isa == Isa::avx512 || isa == Isa::amx) return gelu_avx512(y, n);
+    if (zmm_path(isa)) return gelu_avx512(y, n);
     if (ymm_path(isa)) return gelu_avx2(y, n);
 #endif
     gelu_scalar(y, n);
