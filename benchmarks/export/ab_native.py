@@ -6,7 +6,7 @@
 Whole-model timings on this shared host move by up to a fifth between runs, more than most kernel changes gain,
 so a change to runtime/native/ternary_linear.cpp is judged here: both builds load into one process (each in its
 own OpenVINO Core), every round times each at batch 1 (3 runs) and batch 8 (1 run) in turn, and the medians and
-OLD/NEW speed are printed with the largest output difference between the two. --path avx2 / vnni limit oneDNN
+OLD/NEW speed are printed with the largest output difference between the two. --path avx2 / avxvnni / vnni limit oneDNN
 and force edgedf's kernel as bench_export.py's --emulate-* do; cpu (default) is the CPU as it is. Random-
 initialised ViT-S at 224 px, exported with `edgedf export`'s own code; 2 threads. --out FILE also writes what it
 printed as markdown, with the machine and the two sources' sha256 (results_ab.md: the last recorded A/B).
