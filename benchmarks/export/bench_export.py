@@ -7,6 +7,7 @@ random-initialised ViT-Ti and ViT-S at 224 px (speed and size do not depend on t
     python benchmarks/export/bench_export.py --emulate-avxvnni  # ... as on an AVX-VNNI CPU (AVX2 + VNNI, no AVX-512)
     python benchmarks/export/bench_export.py --fp runs/detector_fp/model --bit runs/detector_bit/model
                                   # the shipped default's family instead: results_default_family.*
+    python benchmarks/export/bench_export.py --tag zen3   # results_zen3.*: another machine's, beside these
 
 Writes results.json and results.md next to this file (results_avx2_emulated.* with --emulate-avx2: OpenVINO's
 oneDNN kernels limited to AVX2 by ONEDNN_MAX_CPU_ISA and edgedf's native kernel forced to its AVX2 path, on
@@ -144,6 +145,7 @@ def main() -> None:
     ap.add_argument("--emulate-avxvnni", action="store_true", help="OpenVINO rows only, AVX2 with AVX-VNNI")
     ap.add_argument("--fp", type=Path, help="a trained full-precision checkpoint (with --bit: no random models)")
     ap.add_argument("--bit", type=Path, help="its trained BitLinear twin")
+    ap.add_argument("--tag", help="write results_*_TAG.*: another machine's results beside these")
     args = ap.parse_args()
     load_before = os.getloadavg()
     configs, stem = CONFIGS, "results"
@@ -225,6 +227,8 @@ def main() -> None:
         else "Random-initialised models at 224 px, 2 classes",
     }
     meta["load_after"] = os.getloadavg()
+    if args.tag:
+        stem = f"{stem}_{args.tag}"
     (HERE / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=2) + "\n")
     write_markdown(meta, rows, failed, HERE / f"{stem}.md")
 

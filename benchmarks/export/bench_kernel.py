@@ -2,6 +2,7 @@
 
     python benchmarks/export/bench_kernel.py        # writes results_kernel.md / .json beside this file
     python benchmarks/export/bench_kernel.py --source OLD.cpp   # another version of the kernel: prints only
+    python benchmarks/export/bench_kernel.py --tag zen3   # results_kernel_zen3.*: another machine's
 
 Compiles a small C++ harness that includes runtime/native/ternary_linear.cpp (the same source and flags as the
 extension) and times the GEMM of one ViT-S block at batch 8 (M = 1,576 tokens; qkv, proj, fc1, fc2: 2.79 GMAC)
@@ -93,6 +94,7 @@ def build(tmp: Path, source: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", type=Path, help="time this kernel source instead (results printed, not written)")
+    ap.add_argument("--tag", help="write results_*_TAG.*: another machine's results beside these")
     args = ap.parse_args()
     flags = set(cpu_info()[1])
     paths = [p for p, flag in PATHS if flag in flags]
@@ -136,8 +138,9 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.source is None:
-        (HERE / "results_kernel.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-        (HERE / "results_kernel.md").write_text("\n".join(lines) + "\n")
+        stem = f"results_kernel_{args.tag}" if args.tag else "results_kernel"
+        (HERE / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        (HERE / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Where a ViT-S's time goes on OpenVINO, fp32 against the native ternary kernel, per layer type.
 
     python benchmarks/export/profile_native.py     # writes results_profile.md / .json beside this file
+    python benchmarks/export/profile_native.py --tag zen3   # ... results_profile_zen3.*: another machine's
 
 Exports a random-initialised ViT-S at 224 px twice with `edgedf export`'s own code (fp32, and ternary with the
 `native` lowering), then, for each CPU path this machine has (AVX2, AVX-VNNI and AVX-512 VNNI emulated as in
-bench_export.py, and the CPU as it is), in a fresh process: compiles both as the runtime does (2 threads,
-LATENCY, f32) with OpenVINO's per-layer counters on (PERF_COUNT), times batch 8 and sums each layer type's
-real time. The ternary layers show as OpenVINO "Reference" layers (edgedf's op); their multiply-adds over their
-time give the rate the kernel reaches inside the model, to set beside its GEMM alone (results_kernel.md).
+bench_export.py where the CPU has more than that, and the CPU as it is), in a fresh process: compiles both as
+the runtime does (2 threads, LATENCY, f32) with OpenVINO's per-layer counters on (PERF_COUNT), times batch 8
+and sums each layer type's real time. The ternary layers show as OpenVINO "Reference" layers (edgedf's op); their
+multiply-adds over their time give the rate the kernel reaches inside the model, to set beside its GEMM alone
+(results_kernel.md).
 """
 
 from __future__ import annotations
@@ -88,9 +90,15 @@ def linear_macs(bundle: Path, rows: int) -> int:
     return macs
 
 
+def _beyond(flags: list[str], i: int) -> bool:
+    """Whether the CPU has one of the flags of the emulated paths after PATHS[i], or AMX."""
+    return any(f in flags for _, _, f in PATHS[i + 1 :] if f) or "amx_int8" in flags
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--tag", help="write results_*_TAG.*: another machine's results beside these")
     args = ap.parse_args()
     from edgedf.devices.bench import host_info
     from edgedf.export.api import ExportOptions, export_bundle
@@ -110,8 +118,9 @@ def main() -> None:
         cfg = ViTConfig.from_preset(PRESET)
         tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
         macs = linear_macs(bundles["bit"], BATCH * tokens)
-        for label, env, flag in PATHS:
-            if flag and flag not in host["cpu_flags"]:
+        for i, (label, env, flag) in enumerate(PATHS):
+            # an emulated path only where the CPU has it and more (on an AVX2-only CPU, "AVX2" is this CPU)
+            if flag and not (flag in host["cpu_flags"] and _beyond(host["cpu_flags"], i)):
                 continue
             cmd = [sys.executable, "-c", CHILD, str(BATCH), str(THREADS), str(args.runs), *map(str, bundles.values())]
             proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
@@ -147,8 +156,9 @@ def main() -> None:
         "runs": args.runs,
         "ternary_macs_per_batch": macs,
     }
-    (HERE / "results_profile.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    write_markdown(meta, results, HERE / "results_profile.md")
+    stem = f"results_profile_{args.tag}" if args.tag else "results_profile"
+    (HERE / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    write_markdown(meta, results, HERE / f"{stem}.md")
 
 
 def write_markdown(meta: dict, results: list[dict], out: Path) -> None:
