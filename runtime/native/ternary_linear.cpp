@@ -461,7 +461,7 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void store_ymm(
 }
 
 // The AVX2 inner loop for 3 rows (n >= 1 steps of 4 k), written out: from intrinsics gcc keeps the six int16 sums
-// in registers but adds into the product's register and moves the sum back, 6 more instructions per step of 21,
+// in registers but adds into the product's register and moves the sum back, 27 instructions per step instead of 21,
 // which cost the GEMM about 12 % on a Zen 3 (bench_kernel.py: 112 -> 125 GMAC/s on one thread).
 __attribute__((target("avx2"), always_inline)) static inline void steps_avx2_3rows(const int8_t* w, const uint8_t* a,
                                                                                   int64_t lda, int64_t n,
