@@ -24,6 +24,8 @@
 // task normalises its rows in cache and quantises them, so the normalised tensor never goes out to memory. Its
 // float operations are the same on every path; like OpenVINO's own RMS op, it does not round as PyTorch does.
 // So is the GELU after fc1 (with_fused_gelu), applied to each block of output rows while they are in cache.
+// And, as each ViT block has them, fc2 is chained to fc1 (with_chained_layer: the hidden rows never leave the
+// thread's cache) and the residual add after proj and fc2 is taken in (with_residual).
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -31,6 +33,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -168,7 +171,8 @@ static void quantize_rows_scalar(const float* x, int64_t rows, int64_t k, int64_
 #if defined(__x86_64__)
 __attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(const float* x, int64_t rows, int64_t k,
                                                                              int64_t k4, uint8_t* a, float* s) {
-    const __m512i off = _mm512_set1_epi32(128);
+    const __m512i off = _mm512_set1_epi32(128), flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     for (int64_t m = 0; m < rows; ++m) {
         const float* xr = x + m * k;
         __m512 vmax[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -185,7 +189,17 @@ __attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(con
         s[m] = sm;
         const __m512 sv = _mm512_set1_ps(sm);
         uint8_t* ar = a + m * k4 * 4;
-        for (int64_t i = 0; i < k; i += 16) {
+        int64_t i = 0;
+        // 64 codes at a time: saturating packs 32 -> 16 -> 8 bits (|q| <= 127: nothing saturates) interleave the 4
+        // vectors per 128-bit lane, one dword permutation restores their order, and q + 128 is q ^ 0x80 as a byte
+        // (the masked vpmovdb store to memory is microcoded on AMD Zen 4/5)
+        for (; i + 64 <= k; i += 64) {
+            __m512i q[4];
+            for (int j = 0; j < 4; ++j) q[j] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + i + 16 * j), sv));
+            const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+            _mm512_storeu_si512(ar + i, _mm512_xor_si512(_mm512_permutexvar_epi32(order, b), flip));
+        }
+        for (; i < k; i += 16) {
             const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
             const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), sv)), off);
             _mm512_mask_cvtepi32_storeu_epi8(ar + i, mk, q);
@@ -700,67 +714,93 @@ static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
 static int64_t rows_per_tile(Isa isa) { return isa == Isa::amx ? 32 : kMR; }
 static int64_t rows_per_block(Isa isa) { return isa == Isa::amx ? 64 : 10 * kMR; }
 
+// One BitLinear of an op: its re-laid-out weights, scale g, bias and the RMSNorm fused in front (gamma null: none).
+struct Layer {
+    std::shared_ptr<Packed> p;
+    float g = 1.f;
+    const float* bias = nullptr;
+    const float* gamma = nullptr;
+    float eps = 0.f;
+};
+
+// `rows` rows of x (rows x K) through one layer into y (rows x N): normalised, quantised and multiplied while the
+// codes stay in the calling thread's cache, GELU on the output while it does.
+static void run_rows(Isa isa, const Layer& l, const float* x, int64_t rows, float* y, bool gelu) {
+    static thread_local std::vector<uint8_t> a;  // codes and output scales: buffers that only grow
+    static thread_local std::vector<float> rs;
+    a.resize(std::max(a.size(), static_cast<size_t>(rows * l.p->k4 * 4)));
+    rs.resize(std::max(rs.size(), static_cast<size_t>(rows)));
+    prepare_rows(isa, x, rows, l.p->k, l.gamma, l.eps, l.p->k4, l.g, a.data(), rs.data());
+    gemm(isa, *l.p, a.data(), rs.data(), l.bias, y, 0, rows);
+    if (gelu) gelu_inplace(isa, y, rows * l.p->n);
+}
+
+// The op's inputs: x, then one BitLinear (w_packed, w_scale, bias: 3 inputs; with its RMSNorm fused in, also
+// norm_weight and norm_eps: 5); chained (with_chained_layer), a second BitLinear with its norm (5 more) that takes
+// the first one's output, GELU'd where `gelu` is set, as its x; with `residual`, a last input added to the output
+// (with_residual). Every combination computes what the graph it replaces computes, float for float.
 class TernaryLinear : public ov::op::Op {
 public:
     OPENVINO_OP("TernaryLinear", "edgedf");
 
     TernaryLinear() = default;
-    explicit TernaryLinear(const ov::OutputVector& args, bool gelu = false) : Op(args), gelu_(gelu) {
+    explicit TernaryLinear(const ov::OutputVector& args, bool gelu = false, bool chain = false, bool residual = false)
+        : Op(args), gelu_(gelu), chain_(chain), residual_(residual) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 4 || get_input_size() == 6,
-                              "TernaryLinear takes x, w_packed, w_scale, bias (and, fused, norm_weight, norm_eps)");
+        const size_t layer_inputs = get_input_size() - (residual_ ? 1 : 0);
+        NODE_VALIDATION_CHECK(this, chain_ ? layer_inputs == 11 : layer_inputs == 4 || layer_inputs == 6,
+                              "TernaryLinear takes x, w_packed, w_scale, bias (and, fused, norm_weight, norm_eps; "
+                              "chained, a second layer's five; with a residual, one more)");
         NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32, "x must be float32");
-        NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::u8, "w_packed must be uint8");
-        const auto& ws = get_input_partial_shape(1);
+        const size_t w_last = chain_ ? 6 : 1;
+        for (size_t w : {size_t{1}, w_last})
+            NODE_VALIDATION_CHECK(this, get_input_element_type(w) == ov::element::u8, "w_packed must be uint8");
+        const auto& ws = get_input_partial_shape(w_last);
         auto out = get_input_partial_shape(0);
         if (out.rank().is_static() && ws.rank().is_static() && ws.rank().get_length() == 2)
             out[out.rank().get_length() - 1] = ws[0];
+        if (residual_)
+            NODE_VALIDATION_CHECK(this, get_input_element_type(get_input_size() - 1) == ov::element::f32,
+                                  "the residual must be float32");
         set_output_type(0, ov::element::f32, out);
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<TernaryLinear>(args, gelu_);
+        return std::make_shared<TernaryLinear>(args, gelu_, chain_, residual_);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("gelu", gelu_);
+        visitor.on_attribute("chain", chain_);
+        visitor.on_attribute("residual", residual_);
         return true;
     }
     bool gelu() const { return gelu_; }
+    bool chain() const { return chain_; }
+    bool residual() const { return residual_; }
     bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const ov::Tensor& x = inputs[0];
-        const ov::Shape xs = x.get_shape();
-        const ov::Shape ws = inputs[1].get_shape();
+        const ov::Shape xs = inputs[0].get_shape();
         const int64_t k = static_cast<int64_t>(xs.back());
-        const int64_t n = static_cast<int64_t>(ws[0]);
-        OPENVINO_ASSERT(static_cast<int64_t>(ws[1]) == (k + 3) / 4, "TernaryLinear: w_packed does not match K");
-        const std::shared_ptr<Packed> p = packed_weights(inputs[1], n, k);
-        const float g = *inputs[2].data<const float>();
-        const float* bias = inputs[3].data<const float>();
+        const bool norm = chain_ || inputs.size() - (residual_ ? 1 : 0) == 6;
+        const Layer first = layer(inputs, 1, k, norm);
+        const Layer second = chain_ ? layer(inputs, 6, first.p->n, true) : Layer{};
+        const int64_t n = chain_ ? second.p->n : first.p->n, hidden = first.p->n;
         const int64_t rows = static_cast<int64_t>(ov::shape_size(xs)) / std::max<int64_t>(k, 1);
         ov::Shape ys = xs;
         ys.back() = static_cast<size_t>(n);
         outputs[0].set_shape(ys);
+        const float* res = residual_ ? inputs.back().data<const float>() : nullptr;
+        OPENVINO_ASSERT(!res || inputs.back().get_shape() == ys, "TernaryLinear: the residual's shape is not the output's");
         float* y = outputs[0].data<float>();
-        const float* xd = x.data<const float>();
-        // codes and output scales live in per-thread buffers that only grow: a fresh multi-MB allocation per call
-        // would fault its pages in on every layer
-        static thread_local std::vector<uint8_t> a;
-        static thread_local std::vector<float> rs;
-        a.resize(std::max(a.size(), static_cast<size_t>(rows * p->k4 * 4)));
-        rs.resize(std::max(rs.size(), static_cast<size_t>(rows)));
-        uint8_t* codes = a.data();  // the lambda runs on other threads, whose thread_locals are other buffers
-        float* scales = rs.data();
+        const float* xd = inputs[0].data<const float>();
         const Isa isa = active_isa();
         const int64_t tile_rows = rows_per_tile(isa), tiles_per_block = rows_per_block(isa) / tile_rows;
         const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
-        const float* gamma = inputs.size() == 6 ? inputs[4].data<const float>() : nullptr;
-        const float eps = gamma ? *inputs[5].data<const float>() : 0.f;
         const int threads = static_cast<int>(std::min<int64_t>(parallel_get_max_threads(), tiles));
         std::atomic<int64_t> next{0};  // the first tile no thread has taken yet
         ov::parallel_nt_static(threads, [&](int, int nthr) {
@@ -771,9 +811,17 @@ public:
                 const int64_t take = std::clamp<int64_t>(left / (2 * nthr), 1, tiles_per_block);
                 if (!next.compare_exchange_weak(t0, t0 + take, std::memory_order_relaxed)) continue;
                 const int64_t m0 = t0 * tile_rows, m1 = std::min(rows, (t0 + take) * tile_rows);
-                prepare_rows(isa, xd + m0 * k, m1 - m0, k, gamma, eps, p->k4, g, codes + m0 * p->k4 * 4, scales + m0);
-                gemm(isa, *p, codes, scales, bias, y, m0, m1);
-                if (gelu_) gelu_inplace(isa, y + m0 * n, (m1 - m0) * n);
+                float* yb = y + m0 * n;
+                if (chain_) {  // the first layer's output stays in this thread's cache for the second
+                    static thread_local std::vector<float> h;
+                    h.resize(std::max(h.size(), static_cast<size_t>((m1 - m0) * hidden)));
+                    run_rows(isa, first, xd + m0 * k, m1 - m0, h.data(), gelu_);
+                    run_rows(isa, second, h.data(), m1 - m0, yb, false);
+                } else {
+                    run_rows(isa, first, xd + m0 * k, m1 - m0, yb, gelu_);
+                }
+                if (res)
+                    for (int64_t i = 0, count = (m1 - m0) * n; i < count; ++i) yb[i] += res[m0 * n + i];
                 t0 = next.load(std::memory_order_relaxed);
             }
         });
@@ -786,16 +834,37 @@ public:
     }
 
 private:
-    // Constant weights are re-laid out once; anything else (never in an exported bundle) on every call.
-    std::shared_ptr<Packed> packed_weights(const ov::Tensor& w, int64_t n, int64_t k) const {
-        const bool constant = ov::as_type_ptr<ov::op::v0::Constant>(input_value(1).get_node_shared_ptr()) != nullptr;
-        if (!constant) return pack(w.data<const uint8_t>(), n, k);
-        std::call_once(*packed_once_, [&] { *packed_ = pack(w.data<const uint8_t>(), n, k); });
-        return *packed_;
+    // The layer whose w_packed is input w (its scale, bias and norm follow it), taking k inputs per row.
+    Layer layer(const ov::TensorVector& inputs, size_t w, int64_t k, bool norm) const {
+        const ov::Shape ws = inputs[w].get_shape();
+        OPENVINO_ASSERT(static_cast<int64_t>(ws[1]) == (k + 3) / 4, "TernaryLinear: w_packed does not match K");
+        Layer l;
+        l.p = packed_weights(w, inputs[w], static_cast<int64_t>(ws[0]), k);
+        l.g = *inputs[w + 1].data<const float>();
+        l.bias = inputs[w + 2].data<const float>();
+        if (norm) {
+            l.gamma = inputs[w + 3].data<const float>();
+            l.eps = *inputs[w + 4].data<const float>();
+        }
+        return l;
     }
-    bool gelu_ = false;  // GELU on the output (with_fused_gelu)
-    std::shared_ptr<std::once_flag> packed_once_ = std::make_shared<std::once_flag>();
-    std::shared_ptr<std::shared_ptr<Packed>> packed_ = std::make_shared<std::shared_ptr<Packed>>();
+
+    // Constant weights are re-laid out once; anything else (never in an exported bundle) on every call.
+    std::shared_ptr<Packed> packed_weights(size_t input, const ov::Tensor& w, int64_t n, int64_t k) const {
+        const bool constant = ov::as_type_ptr<ov::op::v0::Constant>(input_value(input).get_node_shared_ptr()) != nullptr;
+        if (!constant) return pack(w.data<const uint8_t>(), n, k);
+        Cache& c = cache_->at(input == 1 ? 0 : 1);
+        std::call_once(c.once, [&] { c.packed = pack(w.data<const uint8_t>(), n, k); });
+        return c.packed;
+    }
+    bool gelu_ = false;      // GELU on the first layer's output (with_fused_gelu)
+    bool chain_ = false;     // a second layer follows (with_chained_layer)
+    bool residual_ = false;  // the last input is added to the output (with_residual)
+    struct Cache {
+        std::once_flag once;
+        std::shared_ptr<Packed> packed;
+    };
+    std::shared_ptr<std::array<Cache, 2>> cache_ = std::make_shared<std::array<Cache, 2>>();
 };
 
 // The RMSNorm in front of each BitLinear, as the canonical ONNX writes it (train.bitlinear.RMSNorm):
@@ -859,7 +928,7 @@ static std::shared_ptr<ov::Node> with_fused_gelu(const ov::Output<ov::Node>& t, 
     using namespace ov::op;
     const auto op = producer<TernaryLinear>(t);
     const auto half = producer<v1::Multiply>(g);
-    if (!op || op->gelu() || !half) return nullptr;
+    if (!op || op->gelu() || op->chain() || op->residual() || !half) return nullptr;
     for (int i = 0; i < 2; ++i) {
         const auto add = producer<v1::Add>(half->input_value(i));
         if (!add || !scalar_near(half->input_value(1 - i), 0.5f)) continue;
@@ -882,6 +951,49 @@ static ov::OutputVector convert_mul(const ov::frontend::NodeContext& node) {
     return {std::make_shared<ov::op::v1::Multiply>(a, b)};
 }
 
+// A BitLinear whose x is, after its fused norm, the output of another one with its norm fused (fc1, GELU'd or not,
+// then fc2): one op that runs each block of rows through both, so that the hidden rows (4 x wider than the
+// model's) stay in the thread's cache instead of going out to memory and back.
+static std::shared_ptr<ov::Node> with_chained_layer(const ov::OutputVector& args) {
+    const auto first = args.size() == 6 ? producer<TernaryLinear>(args[0]) : nullptr;
+    if (!first || first->chain() || first->residual() || first->get_input_size() != 6) return nullptr;
+    ov::OutputVector chained = first->input_values();
+    chained.insert(chained.end(), args.begin() + 1, args.end());
+    return std::make_shared<TernaryLinear>(chained, first->gelu(), true);
+}
+
+// ONNX TernaryLinear: with its norm fused in (with_fused_norm), chained to the BitLinear before it where it can be.
+static ov::OutputVector convert_ternary_linear(const ov::frontend::NodeContext& node) {
+    ov::OutputVector args;
+    for (size_t i = 0; i < node.get_input_size(); ++i) args.push_back(node.get_input(static_cast<int>(i)));
+    args = with_fused_norm(args);
+    if (auto chained = with_chained_layer(args)) return {chained};
+    return {std::make_shared<TernaryLinear>(args)};
+}
+
+// The residual connection after a BitLinear (the ViT block's x + proj(...) and x + fc2(...)): the op adds it to each
+// block of output rows while they are in cache, instead of OpenVINO reading the whole output back. Only where r has
+// the op's output shape (no broadcasting): dimensions static and equal, or dynamic in both (checked when it runs).
+static std::shared_ptr<ov::Node> with_residual(const ov::Output<ov::Node>& t, const ov::Output<ov::Node>& r) {
+    const auto op = producer<TernaryLinear>(t);
+    if (!op || op->residual() || r.get_element_type() != ov::element::f32) return nullptr;
+    const auto &ts = t.get_partial_shape(), &rs = r.get_partial_shape();
+    if (ts.rank().is_dynamic() || rs.rank().is_dynamic() || ts.size() != rs.size()) return nullptr;
+    for (size_t i = 0; i < ts.size(); ++i)
+        if (ts[i].is_static() != rs[i].is_static() || (ts[i].is_static() && ts[i] != rs[i])) return nullptr;
+    ov::OutputVector args = op->input_values();
+    args.push_back(r);
+    return std::make_shared<TernaryLinear>(args, op->gelu(), op->chain(), true);
+}
+
+// ONNX Add: a residual fused into the TernaryLinear before it; any other Add as OpenVINO converts it.
+static ov::OutputVector convert_add(const ov::frontend::NodeContext& node) {
+    const ov::Output<ov::Node> a = node.get_input(0), b = node.get_input(1);
+    if (auto fused = with_residual(a, b)) return {fused};
+    if (auto fused = with_residual(b, a)) return {fused};
+    return {std::make_shared<ov::op::v1::Add>(a, b)};
+}
+
 }  // namespace edgedf
 
 extern "C" OPENVINO_EXTENSION_C_API const char* edgedf_ternary_isa() {
@@ -890,10 +1002,6 @@ extern "C" OPENVINO_EXTENSION_C_API const char* edgedf_ternary_isa() {
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
     {std::make_shared<ov::OpExtension<edgedf::TernaryLinear>>(),
-     std::make_shared<ov::frontend::onnx::ConversionExtension>(
-         "TernaryLinear", "edgedf", [](const ov::frontend::NodeContext& node) -> ov::OutputVector {
-             ov::OutputVector args;
-             for (size_t i = 0; i < node.get_input_size(); ++i) args.push_back(node.get_input(static_cast<int>(i)));
-             return {std::make_shared<edgedf::TernaryLinear>(edgedf::with_fused_norm(args))};
-         }),
-     std::make_shared<ov::frontend::onnx::ConversionExtension>("Mul", edgedf::convert_mul)}));
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("TernaryLinear", "edgedf", edgedf::convert_ternary_linear),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("Mul", edgedf::convert_mul),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("Add", edgedf::convert_add)}));

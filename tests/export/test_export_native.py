@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import openvino
 import pytest
 import torch
 
@@ -40,6 +41,14 @@ def test_export_native_bundle_runs_the_canonical_graph(checkpoints, tmp_path, na
     # exact codes per layer (above); across layers, float sums in another order can move a .5-boundary code
     assert r["decisive_agreement"] >= 0.995 and r["max_abs_dp"] < 0.05
     assert any("native ternary kernel built here" in n for n in m["notes"])
+    # as OpenVINO reads it with the kernel, per block: qkv; proj with the residual added in; fc1 -> GELU -> fc2 as
+    # one op, residual in; every RMSNorm inside its op
+    core = openvino.Core()
+    core.add_extension(str(ov_native.extension()))
+    ops = core.read_model(str(path / "model.onnx")).get_ops()
+    fused = sorted(tuple(op.get_attributes().values()) for op in ops if op.get_type_name() == "TernaryLinear")
+    assert fused == [(False, False, False)] * 2 + [(False, False, True)] * 2 + [(True, True, True)] * 2
+    assert sum(op.get_type_name() == "TernaryLinear" and len(op.inputs()) in (6, 7, 12) for op in ops) == 3 * 2
     bundle = load_bundle(path)
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
     native = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)

@@ -88,55 +88,66 @@ def _rms_norm(x, gamma, eps, parts=32):
     return x * inv[:, None] * gamma
 
 
-def _one_node_model(codes, g, bias, k, norm=None, gelu=None):
-    """TernaryLinear(x); with norm=(gamma, eps, exponent, axis) the RMSNorm in front of it as the canonical export
-    writes it: Mul(Div(x, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), eps))), gamma); with gelu=(divisor, half) the GELU
-    after it as PyTorch exports nn.GELU() (divisor sqrt 2, half 0.5):
-    Mul(t, Mul(half, Add(Erf(Div(t, divisor)), 1)))."""
-    nodes = [
-        oh.make_node("TernaryLinear", ["xn" if norm else "x", "w", "g", "b"], ["t" if gelu else "y"], domain="edgedf")
-    ]
+def _layer(prefix, x, y, codes, g, bias, norm=None, gelu=None):
+    """(nodes, initializers) of TernaryLinear(x) -> y; with norm=(gamma, eps, exponent, axis) the RMSNorm in front of
+    it as the canonical export writes it: Mul(Div(x, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), eps))), gamma); with
+    gelu=(divisor, half) the GELU after it as PyTorch exports nn.GELU() (divisor sqrt 2, half 0.5):
+    Mul(t, Mul(half, Add(Erf(Div(t, divisor)), 1))). Names start with prefix."""
+    n = {name: prefix + name for name in ("xn", "t", "w", "g", "b", "sq", "ms", "mse", "rms", "xd", "two", "axes",
+                                          "eps", "gamma", "td", "e", "e1", "h", "divisor", "half", "one")}  # fmt: skip
+    nodes = [oh.make_node("TernaryLinear", [n["xn"] if norm else x, n["w"], n["g"], n["b"]], [n["t"] if gelu else y],
+                          domain="edgedf")]  # fmt: skip
     inits = [
-        numpy_helper.from_array(pack(codes), "w"),
-        numpy_helper.from_array(np.asarray(g, np.float32), "g"),
-        numpy_helper.from_array(bias, "b"),
+        numpy_helper.from_array(pack(codes), n["w"]),
+        numpy_helper.from_array(np.asarray(g, np.float32), n["g"]),
+        numpy_helper.from_array(bias, n["b"]),
     ]
     if norm:
         gamma, eps, exponent, axis = norm
         nodes[:0] = [
-            oh.make_node("Pow", ["x", "two"], ["sq"]),
-            oh.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
-            oh.make_node("Add", ["ms", "eps"], ["mse"]),
-            oh.make_node("Sqrt", ["mse"], ["rms"]),
-            oh.make_node("Div", ["x", "rms"], ["xd"]),
-            oh.make_node("Mul", ["xd", "gamma"], ["xn"]),
+            oh.make_node("Pow", [x, n["two"]], [n["sq"]]),
+            oh.make_node("ReduceMean", [n["sq"], n["axes"]], [n["ms"]], keepdims=1),
+            oh.make_node("Add", [n["ms"], n["eps"]], [n["mse"]]),
+            oh.make_node("Sqrt", [n["mse"]], [n["rms"]]),
+            oh.make_node("Div", [x, n["rms"]], [n["xd"]]),
+            oh.make_node("Mul", [n["xd"], n["gamma"]], [n["xn"]]),
         ]
         inits += [
-            numpy_helper.from_array(np.float32(exponent), "two"),
-            numpy_helper.from_array(np.array([axis], np.int64), "axes"),
-            numpy_helper.from_array(np.float32(eps), "eps"),
-            numpy_helper.from_array(gamma, "gamma"),
+            numpy_helper.from_array(np.float32(exponent), n["two"]),
+            numpy_helper.from_array(np.array([axis], np.int64), n["axes"]),
+            numpy_helper.from_array(np.float32(eps), n["eps"]),
+            numpy_helper.from_array(gamma, n["gamma"]),
         ]
     if gelu:
         nodes += [
-            oh.make_node("Div", ["t", "divisor"], ["td"]),
-            oh.make_node("Erf", ["td"], ["e"]),
-            oh.make_node("Add", ["e", "one"], ["e1"]),
-            oh.make_node("Mul", ["half", "e1"], ["h"]),
-            oh.make_node("Mul", ["t", "h"], ["y"]),
+            oh.make_node("Div", [n["t"], n["divisor"]], [n["td"]]),
+            oh.make_node("Erf", [n["td"]], [n["e"]]),
+            oh.make_node("Add", [n["e"], n["one"]], [n["e1"]]),
+            oh.make_node("Mul", [n["half"], n["e1"]], [n["h"]]),
+            oh.make_node("Mul", [n["t"], n["h"]], [y]),
         ]
         inits += [
-            numpy_helper.from_array(np.float32(v), name)
+            numpy_helper.from_array(np.float32(v), n[name])
             for v, name in zip((*gelu, 1.0), ("divisor", "half", "one"), strict=True)
         ]
+    return nodes, inits
+
+
+def _model(nodes, inits, k, n, inputs=()):
+    """A model of x [m, k] (and the other given inputs, as (name, shape)) -> y [m, n]."""
     graph = oh.make_graph(
         nodes,
         "t",
-        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
-        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["m", len(bias)])],
+        [oh.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in (("x", ["m", k]), *inputs)],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
         initializer=inits,
     )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("edgedf", 1)])
+
+
+def _one_node_model(codes, g, bias, k, norm=None, gelu=None):
+    """TernaryLinear(x), with the RMSNorm in front and the GELU after it as _layer writes them."""
+    return _model(*_layer("", "x", "y", codes, g, bias, norm, gelu), k, len(bias))
 
 
 RUN_ONE = """
@@ -223,6 +234,9 @@ def _gelu(t):
     return t * 0.5 * (1 + np.vectorize(math.erf)(t / np.sqrt(2)))
 
 
+PLAIN = {"gelu": False, "chain": False, "residual": False}  # the op's attributes when nothing else is fused in
+
+
 def _op_types(lib, model: bytes) -> list[tuple[str, dict]]:
     """(type, attributes) of each operation."""
     return [(op.get_type_name(), op.get_attributes()) for op in _ops(lib, model)]
@@ -236,7 +250,7 @@ def test_fused_gelu_is_the_same_on_every_cpu_path_and_close_to_erf(native_kernel
         x = x * np.float32(3) / np.abs(x).max(1, keepdims=True)  # outputs spread over GELU's curved part
         model = _one_node_model(codes, g, bias, x.shape[1], gelu=(SQRT2, 0.5)).SerializeToString()
         ops = _op_types(native_kernel, model)
-        assert [a for t, a in ops if t == "TernaryLinear"] == [{"gelu": True}]
+        assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"gelu": True}]
         assert not [t for t, _ in ops if t in ("Erf", "Gelu", "Multiply")]
         y = _run_on_path(native_kernel, isa, model, x, tmp_path)
         t = _reference(x, codes, g, bias)
@@ -250,7 +264,7 @@ def test_only_the_gelu_itself_is_fused(native_kernel, gelu):
     # a look-alike stays in stock ops (the op without its GELU) and still gives the right answer
     x, codes, g, bias = _cases()[1]
     model = _one_node_model(codes, g, bias, x.shape[1], gelu=gelu).SerializeToString()
-    assert [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"] == [{"gelu": False}]
+    assert [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"] == [PLAIN]
     y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
     t = _reference(x, codes, g, bias).astype(np.float64)
     ref = t * gelu[1] * (1 + np.vectorize(math.erf)(t / gelu[0]))
@@ -268,6 +282,88 @@ def test_only_the_rms_norm_itself_is_fused(native_kernel, norm):
     y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
     xn = x / np.sqrt(np.mean(x**exponent, axis=axis, keepdims=True) + eps) * gamma
     assert np.allclose(y, _reference(xn, codes, g, bias), rtol=1e-3, atol=1e-3 * np.abs(y).max())
+
+
+def _mlp(seed, m, k, hidden):
+    """x [m, k] and the two BitLinears of a ViT block's MLP, (codes, g, bias, norm) each: fc1 k -> hidden, fc2 back."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.1, 10, (m, 1)).astype(np.float32)
+    layers = []
+    for k_in, n in ((k, hidden), (hidden, k)):
+        norm = (rng.uniform(0.5, 1.5, k_in).astype(np.float32), np.float32(1e-6), 2.0, -1)
+        bias = rng.standard_normal(n).astype(np.float32)
+        layers.append((rng.integers(-1, 2, (n, k_in)), np.float32(rng.uniform(0.01, 0.1)), bias, norm))
+    return x, layers
+
+
+def _mlp_model(layers, k, residual=None, fc2_norm=True):
+    """fc1 -> GELU -> fc2 (layers as _mlp's; fc2 without its norm where fc2_norm is false), then + the residual:
+    "x" (x + fc2, as the ViT block), or (name, shape) for another input added with numpy broadcasting."""
+    (c1, g1, b1, n1), (c2, g2, b2, n2) = layers
+    nodes, inits = _layer("fc1_", "x", "hid", c1, g1, b1, n1, (SQRT2, 0.5))
+    fc2 = _layer("fc2_", "hid", "out" if residual else "y", c2, g2, b2, n2 if fc2_norm else None)
+    nodes, inits = nodes + fc2[0], inits + fc2[1]
+    inputs = () if residual in (None, "x") else (residual,)
+    if residual:
+        nodes.append(oh.make_node("Add", [residual if residual == "x" else residual[0], "out"], ["y"]))
+    return _model(nodes, inits, k, k, inputs)
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_chained_layers_and_residual_are_bit_exact_on_every_cpu_path(native_kernel, tmp_path, isa):
+    # fc1 -> GELU -> fc2 -> + x, a BitLinear ViT's MLP, runs as one op that keeps each block's hidden rows in cache:
+    # the same bits as the two layers run one after the other (each checked against numpy above), plus x in float32
+    for i, (m, k, hidden) in enumerate(((13, 44, 96), (197, 96, 384))):
+        x, layers = _mlp(i, m, k, hidden)
+        (c1, g1, b1, n1), (c2, g2, b2, n2) = layers
+        model = _mlp_model(layers, k, residual="x").SerializeToString()
+        ops = _op_types(native_kernel, model)
+        assert [a for t, a in ops if t == "TernaryLinear"] == [{"gelu": True, "chain": True, "residual": True}]
+        assert not [t for t, _ in ops if t in ("Add", "Multiply", "Erf", "Power")]
+        y = _run_on_path(native_kernel, isa, model, x, tmp_path)
+        fc1 = _one_node_model(c1, g1, b1, k, n1, (SQRT2, 0.5)).SerializeToString()
+        h = _run_on_path(native_kernel, isa, fc1, x, tmp_path)
+        fc2 = _one_node_model(c2, g2, b2, hidden, n2).SerializeToString()
+        assert np.array_equal(y, _run_on_path(native_kernel, isa, fc2, h, tmp_path) + x), f"case {i}"
+
+
+def test_a_residual_after_one_layer_is_added_in_the_op(native_kernel):
+    # the attention's x + proj(...): a layer with its norm, then Add (operands in either order)
+    x, codes, g, bias = _cases()[1]
+    codes, bias = codes[:, :96], bias[:96]  # N = K: the residual has the output's shape
+    x = x[:, :96]
+    norm = _norm(x, 0)
+    nodes, inits = _layer("", "x", "t", codes, g, bias, norm)
+    model = _model([*nodes, oh.make_node("Add", ["t", "x"], ["y"])], inits, 96, 96).SerializeToString()
+    assert [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"] == [PLAIN | {"residual": True}]
+    y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
+    assert np.array_equal(y, _reference(_rms_norm(x, *norm[:2]), codes, g, bias) + x)
+
+
+@pytest.mark.parametrize("shape", [[96], [1, 96]], ids=["vector", "one-row"])
+def test_a_broadcast_add_stays_an_add(native_kernel, shape):
+    # an Add that broadcasts is not a residual: it stays in stock ops (fc1 and fc2 still chained) and is right
+    x, layers = _mlp(2, 20, 96, 128)
+    r = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    model = _mlp_model(layers, 96, residual=("r", shape)).SerializeToString()
+    ops = _op_types(native_kernel, model)
+    assert [a for t, a in ops if t == "TernaryLinear"] == [{"gelu": True, "chain": True, "residual": False}]
+    assert [t for t, _ in ops].count("Add") == 1
+    session = ov_backend.OpenVinoSession(model, extensions=(native_kernel,))
+    y, out = (session.run({"x": x, "r": r})[0], session.run({"x": x, "r": np.zeros_like(r)})[0])
+    assert np.array_equal(y, out + r)
+
+
+def test_only_a_layer_with_its_norm_is_chained(native_kernel):
+    # fc2 without the RMSNorm in front (not a BitLinear ViT's MLP): two ops, one after the other, still right
+    x, layers = _mlp(4, 20, 96, 128)
+    model = _mlp_model(layers, 96, fc2_norm=False).SerializeToString()
+    ops = [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"]
+    assert sorted(ops, key=lambda a: a["gelu"]) == [PLAIN, PLAIN | {"gelu": True}]
+    y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
+    (c1, g1, b1, n1), (c2, g2, b2, _) = layers
+    h = _gelu(_reference(_rms_norm(x, *n1[:2]), c1, g1, b1)).astype(np.float32)
+    assert np.allclose(y, _reference(h, c2, g2, b2), rtol=1e-4, atol=1e-3 * np.abs(y).max())
 
 
 def test_stock_op_fallback_matches_the_kernel(native_kernel):
