@@ -56,6 +56,11 @@
 #include "openvino/op/multiply.hpp"
 #include "openvino/op/op.hpp"
 #include "openvino/op/power.hpp"
+#include "openvino/op/concat.hpp"
+#include "openvino/op/gather.hpp"
+#include "openvino/op/reshape.hpp"
+#include "openvino/op/unsqueeze.hpp"
+#include "openvino/op/transpose.hpp"
 #include "openvino/op/reduce_mean.hpp"
 #include "openvino/op/sqrt.hpp"
 
@@ -744,8 +749,9 @@ public:
     OPENVINO_OP("TernaryLinear", "edgedf");
 
     TernaryLinear() = default;
-    explicit TernaryLinear(const ov::OutputVector& args, bool gelu = false, bool chain = false, bool residual = false)
-        : Op(args), gelu_(gelu), chain_(chain), residual_(residual) {
+    explicit TernaryLinear(const ov::OutputVector& args, bool gelu = false, bool chain = false, bool residual = false,
+                           int64_t splits = 0, int64_t heads = 0)
+        : Op(args), gelu_(gelu), chain_(chain), residual_(residual), splits_(splits), heads_(heads) {
         constructor_validate_and_infer_types();
     }
 
@@ -762,6 +768,15 @@ public:
         auto out = get_input_partial_shape(0);
         if (out.rank().is_static() && ws.rank().is_static() && ws.rank().get_length() == 2)
             out[out.rank().get_length() - 1] = ws[0];
+        if (heads_) {  // [B, T, S * H * D] written as S outputs [B, H, T, D]
+            NODE_VALIDATION_CHECK(this, !residual_ && out.rank().is_static() && out.size() == 3 && out[1].is_static() &&
+                                            out[2].is_static() && out[2].get_length() % (splits_ * heads_) == 0,
+                                  "TernaryLinear in heads layout takes x [B, T, K] and S * H columns' multiple");
+            out = ov::PartialShape{out[0], heads_, out[1], out[2].get_length() / (splits_ * heads_)};
+            set_output_size(static_cast<size_t>(splits_));
+            for (int64_t i = 0; i < splits_; ++i) set_output_type(static_cast<size_t>(i), ov::element::f32, out);
+            return;
+        }
         if (residual_)
             NODE_VALIDATION_CHECK(this, get_input_element_type(get_input_size() - 1) == ov::element::f32,
                                   "the residual must be float32");
@@ -769,18 +784,21 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<TernaryLinear>(args, gelu_, chain_, residual_);
+        return std::make_shared<TernaryLinear>(args, gelu_, chain_, residual_, splits_, heads_);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("gelu", gelu_);
         visitor.on_attribute("chain", chain_);
         visitor.on_attribute("residual", residual_);
+        visitor.on_attribute("splits", splits_);
+        visitor.on_attribute("heads", heads_);
         return true;
     }
     bool gelu() const { return gelu_; }
     bool chain() const { return chain_; }
     bool residual() const { return residual_; }
+    int64_t heads() const { return heads_; }
     bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -793,7 +811,13 @@ public:
         const int64_t rows = static_cast<int64_t>(ov::shape_size(xs)) / std::max<int64_t>(k, 1);
         ov::Shape ys = xs;
         ys.back() = static_cast<size_t>(n);
-        outputs[0].set_shape(ys);
+        const int64_t tokens = heads_ ? static_cast<int64_t>(xs[1]) : 1, head_dim = heads_ ? n / (splits_ * heads_) : 0;
+        if (heads_) ys = {xs[0], static_cast<size_t>(heads_), xs[1], static_cast<size_t>(head_dim)};
+        std::vector<float*> ysplit;
+        for (auto& out : outputs) {
+            out.set_shape(ys);
+            ysplit.push_back(out.data<float>());
+        }
         const float* res = residual_ ? inputs.back().data<const float>() : nullptr;
         OPENVINO_ASSERT(!res || inputs.back().get_shape() == ys, "TernaryLinear: the residual's shape is not the output's");
         float* y = outputs[0].data<float>();
@@ -811,9 +835,11 @@ public:
                 const int64_t take = std::clamp<int64_t>(left / (2 * nthr), 1, tiles_per_block);
                 if (!next.compare_exchange_weak(t0, t0 + take, std::memory_order_relaxed)) continue;
                 const int64_t m0 = t0 * tile_rows, m1 = std::min(rows, (t0 + take) * tile_rows);
-                float* yb = y + m0 * n;
+                // rows [m0, m1) of the [rows, n] output: in place, or (heads layout) in this thread's buffer
+                static thread_local std::vector<float> h, o;
+                if (heads_) o.resize(std::max(o.size(), static_cast<size_t>((m1 - m0) * n)));
+                float* yb = heads_ ? o.data() : y + m0 * n;
                 if (chain_) {  // the first layer's output stays in this thread's cache for the second
-                    static thread_local std::vector<float> h;
                     h.resize(std::max(h.size(), static_cast<size_t>((m1 - m0) * hidden)));
                     run_rows(isa, first, xd + m0 * k, m1 - m0, h.data(), gelu_);
                     run_rows(isa, second, h.data(), m1 - m0, yb, false);
@@ -822,6 +848,13 @@ public:
                 }
                 if (res)
                     for (int64_t i = 0, count = (m1 - m0) * n; i < count; ++i) yb[i] += res[m0 * n + i];
+                if (heads_)  // row b * T + t, columns (s, h, d) -> output s [b][h][t][d]
+                    for (int64_t m = m0; m < m1; ++m)
+                        for (int64_t sh = 0; sh < splits_ * heads_; ++sh) {
+                            const int64_t b = m / tokens, t = m % tokens, hd = sh % heads_;
+                            std::memcpy(ysplit[sh / heads_] + ((b * heads_ + hd) * tokens + t) * head_dim,
+                                        yb + (m - m0) * n + sh * head_dim, static_cast<size_t>(head_dim) * sizeof(float));
+                        }
                 t0 = next.load(std::memory_order_relaxed);
             }
         });
@@ -860,6 +893,7 @@ private:
     bool gelu_ = false;      // GELU on the first layer's output (with_fused_gelu)
     bool chain_ = false;     // a second layer follows (with_chained_layer)
     bool residual_ = false;  // the last input is added to the output (with_residual)
+    int64_t splits_ = 0, heads_ = 0;  // heads_ > 0: q, k, v outputs in the attention's layout (with_heads_layout)
     struct Cache {
         std::once_flag once;
         std::shared_ptr<Packed> packed;
@@ -928,7 +962,7 @@ static std::shared_ptr<ov::Node> with_fused_gelu(const ov::Output<ov::Node>& t, 
     using namespace ov::op;
     const auto op = producer<TernaryLinear>(t);
     const auto half = producer<v1::Multiply>(g);
-    if (!op || op->gelu() || op->chain() || op->residual() || !half) return nullptr;
+    if (!op || op->gelu() || op->chain() || op->residual() || op->heads() || !half) return nullptr;
     for (int i = 0; i < 2; ++i) {
         const auto add = producer<v1::Add>(half->input_value(i));
         if (!add || !scalar_near(half->input_value(1 - i), 0.5f)) continue;
@@ -956,7 +990,8 @@ static ov::OutputVector convert_mul(const ov::frontend::NodeContext& node) {
 // model's) stay in the thread's cache instead of going out to memory and back.
 static std::shared_ptr<ov::Node> with_chained_layer(const ov::OutputVector& args) {
     const auto first = args.size() == 6 ? producer<TernaryLinear>(args[0]) : nullptr;
-    if (!first || first->chain() || first->residual() || first->get_input_size() != 6) return nullptr;
+    if (!first || first->chain() || first->residual() || first->heads() || first->get_input_size() != 6)
+        return nullptr;
     ov::OutputVector chained = first->input_values();
     chained.insert(chained.end(), args.begin() + 1, args.end());
     return std::make_shared<TernaryLinear>(chained, first->gelu(), true);
@@ -976,7 +1011,7 @@ static ov::OutputVector convert_ternary_linear(const ov::frontend::NodeContext& 
 // the op's output shape (no broadcasting): dimensions static and equal, or dynamic in both (checked when it runs).
 static std::shared_ptr<ov::Node> with_residual(const ov::Output<ov::Node>& t, const ov::Output<ov::Node>& r) {
     const auto op = producer<TernaryLinear>(t);
-    if (!op || op->residual() || r.get_element_type() != ov::element::f32) return nullptr;
+    if (!op || op->residual() || op->heads() || r.get_element_type() != ov::element::f32) return nullptr;
     const auto &ts = t.get_partial_shape(), &rs = r.get_partial_shape();
     if (ts.rank().is_dynamic() || rs.rank().is_dynamic() || ts.size() != rs.size()) return nullptr;
     for (size_t i = 0; i < ts.size(); ++i)
@@ -984,6 +1019,57 @@ static std::shared_ptr<ov::Node> with_residual(const ov::Output<ov::Node>& t, co
     ov::OutputVector args = op->input_values();
     args.push_back(r);
     return std::make_shared<TernaryLinear>(args, op->gelu(), op->chain(), true);
+}
+
+// The attention's split of qkv into heads, as PyTorch exports qkv(x).reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+// and takes q, k, v from it with Gather: Transpose(Reshape(t, [-1, T, S, H, D]), [2, 0, 3, 1, 4]) of a TernaryLinear
+// t [B, T, S * H * D] becomes an op with S outputs [B, H, T, D], each block of rows written straight into them
+// (instead of OpenVINO reading the whole output back to permute it), stacked for the Transpose's consumers; a Gather
+// of one of them (convert_gather) takes that output itself, so that nothing is stacked.
+static ov::Output<ov::Node> with_heads_layout(const ov::Output<ov::Node>& in, const std::vector<int64_t>& perm) {
+    const auto reshape = producer<ov::op::v1::Reshape>(in);
+    const auto op = reshape ? producer<TernaryLinear>(reshape->input_value(0)) : nullptr;
+    if (!op || op->residual() || op->heads() || perm != std::vector<int64_t>{2, 0, 3, 1, 4}) return {};
+    const auto &ts = reshape->get_input_partial_shape(0), &rs = reshape->get_output_partial_shape(0);
+    if (ts.rank().is_dynamic() || ts.size() != 3 || rs.rank().is_dynamic() || rs.size() != 5) return {};
+    for (size_t i = 1; i < 5; ++i)
+        if (rs[i].is_dynamic() || (i < 3 && ts[i].is_dynamic())) return {};
+    // [B, T, N] -> [B', T, S, H, D] with S * H * D = N: then B' = B (the element count is kept)
+    if (rs[1] != ts[1] || rs[2].get_length() * rs[3].get_length() * rs[4].get_length() != ts[2].get_length()) return {};
+    const auto split = std::make_shared<TernaryLinear>(op->input_values(), op->gelu(), op->chain(), false,
+                                                       rs[2].get_length(), rs[3].get_length());
+    const auto zero = ov::op::v0::Constant::create(ov::element::i64, {1}, {0});
+    ov::OutputVector stacked;
+    for (const auto& out : split->outputs()) stacked.push_back(std::make_shared<ov::op::v0::Unsqueeze>(out, zero));
+    return std::make_shared<ov::op::v0::Concat>(stacked, 0);
+}
+
+// ONNX Transpose: the heads layout above; any other as OpenVINO converts it (no perm: the axes reversed).
+static ov::OutputVector convert_transpose(const ov::frontend::NodeContext& node) {
+    const ov::Output<ov::Node> in = node.get_input(0);
+    const auto perm = node.get_attribute<std::vector<int64_t>>("perm", {});
+    if (auto fused = with_heads_layout(in, perm); fused.get_node()) return {fused};
+    const auto order = ov::op::v0::Constant::create(ov::element::i64, {perm.size()}, perm);
+    return {std::make_shared<ov::op::v1::Transpose>(in, order)};
+}
+
+// ONNX Gather: one of with_heads_layout's outputs, where it picks one (axis 0, a constant scalar index) of their
+// stack; any other Gather as OpenVINO converts it.
+static ov::OutputVector convert_gather(const ov::frontend::NodeContext& node) {
+    const ov::Output<ov::Node> data = node.get_input(0), indices = node.get_input(1);
+    const int64_t axis = node.get_attribute<int64_t>("axis", 0);
+    const auto concat = producer<ov::op::v0::Concat>(data);
+    const auto index = producer<ov::op::v0::Constant>(indices);
+    if (concat && index && axis == 0 && index->get_shape().empty()) {
+        const auto i = index->cast_vector<int64_t>()[0];
+        const auto stack = i >= 0 && i < static_cast<int64_t>(concat->get_input_size())
+                               ? producer<ov::op::v0::Unsqueeze>(concat->input_value(static_cast<size_t>(i)))
+                               : nullptr;
+        const auto op = stack ? producer<TernaryLinear>(stack->input_value(0)) : nullptr;
+        if (op && op->heads() && op->get_output_size() == concat->get_input_size()) return {stack->input_value(0)};
+    }
+    return {std::make_shared<ov::op::v8::Gather>(data, indices,
+                                                 ov::op::v0::Constant::create(ov::element::i64, {}, {axis}))};
 }
 
 // ONNX Add: a residual fused into the TernaryLinear before it; any other Add as OpenVINO converts it.
@@ -1004,4 +1090,6 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
     {std::make_shared<ov::OpExtension<edgedf::TernaryLinear>>(),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("TernaryLinear", "edgedf", edgedf::convert_ternary_linear),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("Mul", edgedf::convert_mul),
-     std::make_shared<ov::frontend::onnx::ConversionExtension>("Add", edgedf::convert_add)}));
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("Add", edgedf::convert_add),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("Transpose", edgedf::convert_transpose),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("Gather", edgedf::convert_gather)}));

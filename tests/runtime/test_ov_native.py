@@ -234,7 +234,7 @@ def _gelu(t):
     return t * 0.5 * (1 + np.vectorize(math.erf)(t / np.sqrt(2)))
 
 
-PLAIN = {"gelu": False, "chain": False, "residual": False}  # the op's attributes when nothing else is fused in
+PLAIN = {"gelu": False, "chain": False, "residual": False, "splits": 0, "heads": 0}  # nothing else fused in
 
 
 def _op_types(lib, model: bytes) -> list[tuple[str, dict]]:
@@ -318,7 +318,7 @@ def test_chained_layers_and_residual_are_bit_exact_on_every_cpu_path(native_kern
         (c1, g1, b1, n1), (c2, g2, b2, n2) = layers
         model = _mlp_model(layers, k, residual="x").SerializeToString()
         ops = _op_types(native_kernel, model)
-        assert [a for t, a in ops if t == "TernaryLinear"] == [{"gelu": True, "chain": True, "residual": True}]
+        assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"gelu": True, "chain": True, "residual": True}]
         assert not [t for t, _ in ops if t in ("Add", "Multiply", "Erf", "Power")]
         y = _run_on_path(native_kernel, isa, model, x, tmp_path)
         fc1 = _one_node_model(c1, g1, b1, k, n1, (SQRT2, 0.5)).SerializeToString()
@@ -347,7 +347,7 @@ def test_a_broadcast_add_stays_an_add(native_kernel, shape):
     r = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     model = _mlp_model(layers, 96, residual=("r", shape)).SerializeToString()
     ops = _op_types(native_kernel, model)
-    assert [a for t, a in ops if t == "TernaryLinear"] == [{"gelu": True, "chain": True, "residual": False}]
+    assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"gelu": True, "chain": True}]
     assert [t for t, _ in ops].count("Add") == 1
     session = ov_backend.OpenVinoSession(model, extensions=(native_kernel,))
     y, out = (session.run({"x": x, "r": r})[0], session.run({"x": x, "r": np.zeros_like(r)})[0])
@@ -364,6 +364,85 @@ def test_only_a_layer_with_its_norm_is_chained(native_kernel):
     (c1, g1, b1, n1), (c2, g2, b2, _) = layers
     h = _gelu(_reference(_rms_norm(x, *n1[:2]), c1, g1, b1)).astype(np.float32)
     assert np.allclose(y, _reference(h, c2, g2, b2), rtol=1e-4, atol=1e-3 * np.abs(y).max())
+
+
+def _qkv_model(codes, g, bias, tokens, heads, perm=(2, 0, 3, 1, 4), stacked=False):
+    """x [B, T, K] -> qkv TernaryLinear -> Reshape [-1, T, 3, H, D] -> Transpose(perm) -> q, k, v = Gather 0, 1, 2:
+    the attention's split as PyTorch exports it (and, where stacked, the permuted tensor itself as an output too)."""
+    k, n = codes.shape[1], codes.shape[0]
+    nodes = [
+        oh.make_node("TernaryLinear", ["x", "w", "g", "b"], ["t"], domain="edgedf"),
+        oh.make_node("Reshape", ["t", "shape"], ["r"], allowzero=1),
+        oh.make_node("Transpose", ["r"], ["p"], perm=list(perm)),
+        *(oh.make_node("Gather", ["p", f"i{i}"], [out], axis=0) for i, out in enumerate("qkv")),
+    ]
+    inits = [
+        numpy_helper.from_array(pack(codes), "w"),
+        numpy_helper.from_array(np.asarray(g, np.float32), "g"),
+        numpy_helper.from_array(bias, "b"),
+        numpy_helper.from_array(np.array([-1, tokens, 3, heads, n // (3 * heads)], np.int64), "shape"),
+        *(numpy_helper.from_array(np.array(i, np.int64), f"i{i}") for i in range(3)),
+    ]
+    outputs = [oh.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("qkvp" if stacked else "qkv")]
+    graph = oh.make_graph(
+        nodes, "t", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["b", tokens, k])], outputs, initializer=inits
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("edgedf", 1)])
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["q-k-v", "and-stacked"])
+def test_qkv_is_written_in_the_attentions_layout(native_kernel, stacked):
+    # the split into heads runs inside the op, which writes q, k and v as the attention reads them; bit for bit what
+    # the plain op's output permuted gives, at batch sizes whose rows end inside a tile
+    x2, codes, g, bias = _cases()[1]  # K = 384, N = 96 = 3 x 2 heads x 16
+    model = _qkv_model(codes, g, bias, tokens=5, heads=2, stacked=stacked).SerializeToString()
+    ops = _op_types(native_kernel, model)
+    assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"splits": 3, "heads": 2}]
+    assert not [t for t, _ in ops if t in ("Transpose", "Gather")]
+    session = ov_backend.OpenVinoSession(model, extensions=(native_kernel,))
+    for batch in (1, 7):
+        x = x2[: batch * 5].reshape(batch, 5, -1)
+        ref = _reference(x.reshape(batch * 5, -1), codes, g, bias).reshape(batch, 5, 3, 2, 16).transpose(2, 0, 3, 1, 4)
+        outs = session.run({"x": x})
+        for i in range(3):
+            assert np.array_equal(outs[i], ref[i]), f"batch {batch}, output {i}"
+        if stacked:
+            assert np.array_equal(outs[3], ref)
+
+
+def test_only_the_heads_split_itself_is_fused(native_kernel):
+    # another permutation of the same reshape stays a Transpose (and Gathers), and is right
+    x2, codes, g, bias = _cases()[1]
+    model = _qkv_model(codes, g, bias, tokens=5, heads=2, perm=(2, 0, 1, 3, 4)).SerializeToString()
+    ops = _op_types(native_kernel, model)
+    assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN]
+    assert [t for t, _ in ops].count("Gather") == 3
+    x = x2[:10].reshape(2, 5, -1)
+    ref = _reference(x.reshape(10, -1), codes, g, bias).reshape(2, 5, 3, 2, 16).transpose(2, 0, 1, 3, 4)
+    outs = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})
+    for i in range(3):
+        assert np.array_equal(outs[i], ref[i])
+
+
+def test_other_transposes_and_gathers_convert_as_openvinos_own(native_kernel):
+    # the kernel converts every ONNX Transpose and Gather (to find the heads split): the rest as ONNX defines them
+    nodes = [
+        oh.make_node("Transpose", ["x"], ["t"]),  # no perm: the axes reversed
+        oh.make_node("Gather", ["t", "i"], ["g"], axis=1),
+        oh.make_node("Transpose", ["g"], ["y"], perm=[1, 0, 2, 3]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "t",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array([[2, 0], [1, 1]], np.int64), "i")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]).SerializeToString()
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
+    ref = np.take(x.transpose(2, 1, 0), np.array([[2, 0], [1, 1]]), axis=1).transpose(1, 0, 2, 3)
+    assert y.shape == ref.shape and np.array_equal(y, ref)
 
 
 def test_stock_op_fallback_matches_the_kernel(native_kernel):
