@@ -27,8 +27,8 @@ class TargetProfile:
     imgsz: int | None  # export input size; None = the checkpoint's own
     ternary_lowering: str  # how edgedf::TernaryLinear is rewritten for this backend
     why: str  # the reason for that choice, from measurements where we have them
-    # the lowering on an x86 CPU with AVX2 (with or without AVX-VNNI) but no AVX-512 VNNI or AMX
-    ternary_lowering_no_avx512: str | None = None
+    # the lowering on an x86 CPU with AVX2 (AVX-VNNI, AVX-512 VNNI or neither) but no AMX
+    ternary_lowering_no_amx: str | None = None
 
     def __post_init__(self) -> None:
         assert self.backend in BACKENDS, self.backend
@@ -79,12 +79,13 @@ PROFILES: dict[str, TargetProfile] = {
             threads=0,
             imgsz=None,
             ternary_lowering="int8-qdq",
-            ternary_lowering_no_avx512="native",
-            why="With AVX-512 VNNI or AMX OpenVINO's static int8 Q/DQ MatMuls run close to edgedf's native kernel "
-            "(within about a tenth, either way) and need no compiler on the device (the bundle keeps 2-bit weights, "
-            "expanded to int8 at load). On AVX2 CPUs they are slower than fp32 without VNNI and behind the native "
-            "kernel with AVX-VNNI, so there export picks `native`: edgedf's own TernaryLinear kernel, exact "
-            "per-token codes (benchmarks/export).",
+            ternary_lowering_no_amx="native",
+            why="With AMX OpenVINO's static int8 Q/DQ MatMuls ran within about a tenth of edgedf's native kernel "
+            "and need no compiler on the device (the bundle keeps 2-bit weights, expanded to int8 at load). On every "
+            "other x86 CPU with AVX2 the native kernel (edgedf's own TernaryLinear: exact per-token codes, norm, GELU, "
+            "fc1->fc2 and the residual adds fused) is the fastest ternary path: OpenVINO's int8 is slower than fp32 "
+            "without VNNI, and behind the kernel with AVX-VNNI and on a real AVX-512 VNNI CPU (AMD Zen 5), so there "
+            "export picks `native` (benchmarks/export).",
         ),
         TargetProfile(
             name="rpi",

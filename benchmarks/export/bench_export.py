@@ -78,14 +78,14 @@ CONFIGS = [
     ("OpenVINO int8-ptq (NNCF)", "fp", "cpu", "int8-ptq", None),
     ("OpenVINO int8-qat", "qat", "cpu", "int8-qat", None),
     (
-        "OpenVINO ternary (int8 Q/DQ, 2-bit on disk; cpu default with AVX-512 VNNI or AMX)",
+        "OpenVINO ternary (int8 Q/DQ, 2-bit on disk; cpu default with AMX)",
         "bit",
         "cpu",
         "ternary",
         "int8-qdq",
     ),
     (
-        "OpenVINO ternary (native kernel, exact codes; cpu default on AVX2 and AVX-VNNI)",
+        "OpenVINO ternary (native kernel, exact codes; cpu default on AVX2 CPUs without AMX)",
         "bit",
         "cpu",
         "ternary",

@@ -79,11 +79,11 @@ def test_native_bundle_without_the_kernel_still_runs(checkpoints, tmp_path, nati
     [
         (["avx2"], "native"),
         (["avx2", "avx_vnni"], "native"),
-        (["avx2", "avx512f", "avx512_vnni"], "int8-qdq"),
+        (["avx2", "avx512f", "avx512_vnni"], "native"),
         (["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"], "int8-qdq"),
     ],
 )
-def test_cpu_target_takes_the_native_kernel_on_avx2_cpus(checkpoints, native_kernel, monkeypatch, flags, expected):
+def test_cpu_target_takes_the_native_kernel_without_amx(checkpoints, native_kernel, monkeypatch, flags, expected):
     from edgedf.devices import bench
     from edgedf.devices.profiles import get_profile
 
