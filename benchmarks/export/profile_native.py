@@ -1,11 +1,12 @@
-"""Where a ViT-S's time goes on OpenVINO, fp32 against the native ternary kernel, per layer type.
+"""Where a ViT-S's time goes on OpenVINO, fp32 against the native ternary kernel (and NNCF int8-PTQ), per layer type.
 
     python benchmarks/export/profile_native.py     # writes results_profile.md / .json beside this file
     python benchmarks/export/profile_native.py --tag zen3   # ... results_profile_zen3.*: another machine's
 
-Exports a random-initialised ViT-S at 224 px twice with `edgedf export`'s own code (fp32, and ternary with the
-`native` lowering), then, for each CPU path this machine has (AVX2, AVX-VNNI and AVX-512 VNNI emulated as in
-bench_export.py where the CPU has more than that, and the CPU as it is), in a fresh process: compiles both as
+Exports a random-initialised ViT-S at 224 px three times with `edgedf export`'s own code (fp32; ternary with the
+`native` lowering; the fp32 model's NNCF int8-PTQ, calibrated on random crops, the fastest int8 form where
+OpenVINO has VNNI), then, for each CPU path this machine has (AVX2, AVX-VNNI and AVX-512 VNNI emulated as in
+bench_export.py where the CPU has more than that, and the CPU as it is), in a fresh process: compiles each as
 the runtime does (2 threads, LATENCY, f32) with OpenVINO's per-layer counters on (PERF_COUNT), times batch 8
 and sums each layer type's real time. The ternary layers show as OpenVINO "Reference" layers (edgedf's op); their
 multiply-adds over their time give the rate the kernel reaches inside the model, to set beside its GEMM alone
@@ -28,6 +29,8 @@ from bench_export import EMULATE, make_checkpoints  # this folder's export bench
 
 HERE = Path(__file__).parent
 PRESET, BATCH, THREADS = "vit_small", 8, 2
+# (column, checkpoint kind, precision, lowering): the bundles profiled side by side
+COLUMNS = (("fp32", "fp", "fp32", None), ("native", "bit", "ternary", "native"), ("int8-ptq", "fp", "int8-ptq", None))
 # (label, environment, CPU flag needed): the emulations are bench_export.py's own
 PATHS = (
     *(
@@ -111,13 +114,15 @@ def main() -> None:
         tmp = Path(tmp_s)
         cks = make_checkpoints(PRESET, tmp)
         bundles = {}
-        for kind, precision, lowering in (("fp", "fp32", None), ("bit", "ternary", "native")):
-            opts = ExportOptions(target="cpu", precision=precision, out=tmp / kind, lowering=lowering, verify_n=16)
+        for name, kind, precision, lowering in COLUMNS:
+            opts = ExportOptions(
+                target="cpu", precision=precision, out=tmp / name, lowering=lowering, verify_n=16, calib_n=64
+            )
             export_bundle(cks[kind], opts)
-            bundles[kind] = tmp / kind
+            bundles[name] = tmp / name
         cfg = ViTConfig.from_preset(PRESET)
         tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
-        macs = linear_macs(bundles["bit"], BATCH * tokens)
+        macs = linear_macs(bundles["native"], BATCH * tokens)
         for i, (label, env, flag) in enumerate(PATHS):
             # an emulated path only where the CPU has it and more (on an AVX2-only CPU, "AVX2" is this CPU)
             if flag and not (flag in host["cpu_flags"] and _beyond(host["cpu_flags"], i)):
@@ -127,27 +132,22 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"profiling on {label} failed: {proc.stderr.strip().splitlines()[-1]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
-            fp, bit = res[str(bundles["fp"])], res[str(bundles["bit"])]
+            runs = {name: res[str(path)] for name, path in bundles.items()}
             types = {}
-            for name, r in (("fp32", fp), ("native", bit)):
+            for name, r in runs.items():
                 for t, v in r["per_type_ms"].items():
                     types.setdefault(t, {})[name] = statistics.median(v) / BATCH
             results.append(
                 {
                     "path": label,
                     "kernel": res["kernel"],
-                    "wall_ms_per_img": {
-                        n: statistics.median(r["wall_ms"]) / BATCH for n, r in (("fp32", fp), ("native", bit))
-                    },
+                    "wall_ms_per_img": {n: statistics.median(r["wall_ms"]) / BATCH for n, r in runs.items()},
                     "per_type_ms_per_img": types,
                     "ternary_gmac_per_s": macs / (types.get("Reference", {}).get("native", float("nan")) * BATCH) / 1e6,
                 }
             )
-            print(
-                f"{label}: fp32 {results[-1]['wall_ms_per_img']['fp32']:.1f}, native "
-                f"{results[-1]['wall_ms_per_img']['native']:.1f} ms/img",
-                flush=True,
-            )
+            walls = ", ".join(f"{n} {w:.1f}" for n, w in results[-1]["wall_ms_per_img"].items())
+            print(f"{label}: {walls} ms/img", flush=True)
     meta = {
         "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])}), {THREADS} threads",
         "date": time.strftime("%Y-%m-%d"),
@@ -163,7 +163,7 @@ def main() -> None:
 
 def write_markdown(meta: dict, results: list[dict], out: Path) -> None:
     lines = [
-        "# Where a ViT-S's time goes: fp32 against the native ternary kernel (generated by profile_native.py)",
+        "# Where a ViT-S's time goes: fp32, the native ternary kernel and NNCF int8 (generated by profile_native.py)",
         "",
         f"Machine: {meta['machine']}; openvino {meta['openvino']}; {meta['date']}; load average before/after "
         f"{meta['load_before_after'][0]} / {meta['load_before_after'][1]}. Random-initialised ViT-S, 224 px, batch "
@@ -174,7 +174,9 @@ def write_markdown(meta: dict, results: list[dict], out: Path) -> None:
         "Layer types (OpenVINO's names): FullyConnected, the fp32 linears (OpenVINO fuses their GELU in); Reference, "
         "edgedf's TernaryLinear (with its RMSNorm in, and fc1's GELU); Subgraph, the attention of each block "
         "(QK^T, softmax, xV, fused); MVN, LayerNorm (the ternary model's norms run inside edgedf's op, all but the "
-        "last). The GEMM alone per path, one thread: results_kernel.md.",
+        "last); FullyConnected / FullyConnectedQuantizedLegacy and FakeQuantize in the int8-ptq column, NNCF's int8 "
+        "linears and activation quantisers (NNCF also quantises the attention's matmuls). The GEMM alone per path, "
+        "one thread: results_kernel.md.",
         "",
     ]
     for r in results:
@@ -183,18 +185,18 @@ def write_markdown(meta: dict, results: list[dict], out: Path) -> None:
             f"## {r['path']} (edgedf kernel: {r['kernel']})",
             "",
             f"Wall time: fp32 {wall['fp32']:.1f}, native {wall['native']:.1f} ms/img "
-            f"({wall['fp32'] / wall['native']:.2f}x). The ternary layers (Reference) run "
+            f"({wall['fp32'] / wall['native']:.2f}x), int8-ptq {wall['int8-ptq']:.1f} ms/img "
+            f"({wall['fp32'] / wall['int8-ptq']:.2f}x). The ternary layers (Reference) run "
             f"{r['ternary_gmac_per_s']:.0f} GMAC/s on {THREADS} threads.",
             "",
-            "| layer type | fp32 ms/img | native ms/img |",
-            "|---|---|---|",
+            "| layer type | " + " | ".join(f"{n} ms/img" for n, *_ in COLUMNS) + " |",
+            "|---|" + "---|" * len(COLUMNS),
         ]
         types = sorted(r["per_type_ms_per_img"].items(), key=lambda kv: -max(kv[1].values()))
         for t, v in types:
             if max(v.values()) < 0.05:
                 continue
-            cell = {n: f"{v[n]:.2f}" if n in v else "-" for n in ("fp32", "native")}
-            lines.append(f"| {t} | {cell['fp32']} | {cell['native']} |")
+            lines.append(f"| {t} | " + " | ".join(f"{v[n]:.2f}" if n in v else "-" for n, *_ in COLUMNS) + " |")
         lines.append("")
     out.write_text("\n".join(lines) + "\n")
 
