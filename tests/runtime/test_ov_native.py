@@ -93,41 +93,40 @@ def _layer(prefix, x, y, codes, g, bias, norm=None, gelu=None):
     it as the canonical export writes it: Mul(Div(x, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), eps))), gamma); with
     gelu=(divisor, half) the GELU after it as PyTorch exports nn.GELU() (divisor sqrt 2, half 0.5):
     Mul(t, Mul(half, Add(Erf(Div(t, divisor)), 1))). Names start with prefix."""
-    n = {name: prefix + name for name in ("xn", "t", "w", "g", "b", "sq", "ms", "mse", "rms", "xd", "two", "axes",
-                                          "eps", "gamma", "td", "e", "e1", "h", "divisor", "half", "one")}  # fmt: skip
-    nodes = [oh.make_node("TernaryLinear", [n["xn"] if norm else x, n["w"], n["g"], n["b"]], [n["t"] if gelu else y],
-                          domain="edgedf")]  # fmt: skip
+    p = prefix
+    inputs = [p + "xn" if norm else x, p + "w", p + "g", p + "b"]
+    nodes = [oh.make_node("TernaryLinear", inputs, [p + "t" if gelu else y], domain="edgedf")]
     inits = [
-        numpy_helper.from_array(pack(codes), n["w"]),
-        numpy_helper.from_array(np.asarray(g, np.float32), n["g"]),
-        numpy_helper.from_array(bias, n["b"]),
+        numpy_helper.from_array(pack(codes), p + "w"),
+        numpy_helper.from_array(np.asarray(g, np.float32), p + "g"),
+        numpy_helper.from_array(bias, p + "b"),
     ]
     if norm:
         gamma, eps, exponent, axis = norm
         nodes[:0] = [
-            oh.make_node("Pow", [x, n["two"]], [n["sq"]]),
-            oh.make_node("ReduceMean", [n["sq"], n["axes"]], [n["ms"]], keepdims=1),
-            oh.make_node("Add", [n["ms"], n["eps"]], [n["mse"]]),
-            oh.make_node("Sqrt", [n["mse"]], [n["rms"]]),
-            oh.make_node("Div", [x, n["rms"]], [n["xd"]]),
-            oh.make_node("Mul", [n["xd"], n["gamma"]], [n["xn"]]),
+            oh.make_node("Pow", [x, p + "two"], [p + "sq"]),
+            oh.make_node("ReduceMean", [p + "sq", p + "axes"], [p + "ms"], keepdims=1),
+            oh.make_node("Add", [p + "ms", p + "eps"], [p + "mse"]),
+            oh.make_node("Sqrt", [p + "mse"], [p + "rms"]),
+            oh.make_node("Div", [x, p + "rms"], [p + "xd"]),
+            oh.make_node("Mul", [p + "xd", p + "gamma"], [p + "xn"]),
         ]
         inits += [
-            numpy_helper.from_array(np.float32(exponent), n["two"]),
-            numpy_helper.from_array(np.array([axis], np.int64), n["axes"]),
-            numpy_helper.from_array(np.float32(eps), n["eps"]),
-            numpy_helper.from_array(gamma, n["gamma"]),
+            numpy_helper.from_array(np.float32(exponent), p + "two"),
+            numpy_helper.from_array(np.array([axis], np.int64), p + "axes"),
+            numpy_helper.from_array(np.float32(eps), p + "eps"),
+            numpy_helper.from_array(gamma, p + "gamma"),
         ]
     if gelu:
         nodes += [
-            oh.make_node("Div", [n["t"], n["divisor"]], [n["td"]]),
-            oh.make_node("Erf", [n["td"]], [n["e"]]),
-            oh.make_node("Add", [n["e"], n["one"]], [n["e1"]]),
-            oh.make_node("Mul", [n["half"], n["e1"]], [n["h"]]),
-            oh.make_node("Mul", [n["t"], n["h"]], [y]),
+            oh.make_node("Div", [p + "t", p + "divisor"], [p + "td"]),
+            oh.make_node("Erf", [p + "td"], [p + "e"]),
+            oh.make_node("Add", [p + "e", p + "one"], [p + "e1"]),
+            oh.make_node("Mul", [p + "half", p + "e1"], [p + "h"]),
+            oh.make_node("Mul", [p + "t", p + "h"], [y]),
         ]
         inits += [
-            numpy_helper.from_array(np.float32(v), n[name])
+            numpy_helper.from_array(np.float32(v), p + name)
             for v, name in zip((*gelu, 1.0), ("divisor", "half", "one"), strict=True)
         ]
     return nodes, inits
