@@ -155,7 +155,7 @@ from edgedf.runtime.backends.openvino import OpenVinoSession
 from edgedf.runtime.backends.ov_native import cpu_path
 lib, model, x, out = sys.argv[1:]
 s = OpenVinoSession(open(model, 'rb').read(), threads=2, extensions=(lib,))
-np.save(out, s.run({'x': np.load(x)})[0])
+np.savez(out, *s.run({'x': np.load(x)}))
 print(cpu_path(lib))
 """
 
@@ -167,13 +167,13 @@ def _cpu_paths():
     return paths + ["amx"] * ("avx512_vnni" in flags and "amx_int8" in flags)
 
 
-def _run_on_path(lib, isa, model: bytes, x, tmp_path) -> np.ndarray:
-    """The model's output on one CPU path, in its own process: the kernel picks its path once per process
-    (EDGEDF_TERNARY_ISA forces one). Checks the process ran that path."""
+def _run_on_path(lib, isa, model: bytes, x, tmp_path, every=False):
+    """The model's output (every=True: all its outputs, a list) on one CPU path, in its own process: the kernel picks
+    its path once per process (EDGEDF_TERNARY_ISA forces one). Checks the process ran that path."""
     (tmp_path / "m.onnx").write_bytes(model)
     np.save(tmp_path / "x.npy", x)
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, str(lib), "m.onnx", "x.npy", "y.npy"],
+        [sys.executable, "-c", RUN_ONE, str(lib), "m.onnx", "x.npy", "y.npz"],
         capture_output=True,
         text=True,
         env={**os.environ, "EDGEDF_TERNARY_ISA": isa},
@@ -181,7 +181,9 @@ def _run_on_path(lib, isa, model: bytes, x, tmp_path) -> np.ndarray:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8", "avxvnni": "avx-vnni"}.get(isa, isa)
-    return np.load(tmp_path / "y.npy")
+    with np.load(tmp_path / "y.npz") as f:
+        outs = [f[f"arr_{i}"] for i in range(len(f.files))]
+    return outs if every else outs[0]
 
 
 @pytest.mark.parametrize("isa", _cpu_paths())
@@ -326,17 +328,23 @@ def test_chained_layers_and_residual_are_bit_exact_on_every_cpu_path(native_kern
         assert np.array_equal(y, _run_on_path(native_kernel, isa, fc2, h, tmp_path) + x), f"case {i}"
 
 
-def test_a_residual_after_one_layer_is_added_in_the_op(native_kernel):
-    # the attention's x + proj(...): a layer with its norm, then Add (operands in either order)
+@pytest.mark.parametrize("isa", _cpu_paths())
+@pytest.mark.parametrize("gelu", [None, (SQRT2, 0.5)], ids=["plain", "gelu"])
+def test_a_residual_after_one_layer_is_added_in_the_op(native_kernel, tmp_path, isa, gelu):
+    # the attention's x + proj(...): a layer with its norm (and here also a GELU), then Add (operands in either
+    # order), taken into the op on every path: the same bits as the layer alone, plus x
     x, codes, g, bias = _cases()[1]
     codes, bias = codes[:, :96], bias[:96]  # N = K: the residual has the output's shape
     x = x[:, :96]
-    norm = _norm(x, 0)
-    nodes, inits = _layer("", "x", "t", codes, g, bias, norm)
-    model = _model([*nodes, oh.make_node("Add", ["t", "x"], ["y"])], inits, 96, 96).SerializeToString()
-    assert [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"] == [PLAIN | {"residual": True}]
-    y = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[0]
-    assert np.array_equal(y, _reference(_rms_norm(x, *norm[:2]), codes, g, bias) + x)
+    nodes, inits = _layer("", "x", "t", codes, g, bias, _norm(x, 0), gelu)
+    for a, b in (("t", "x"), ("x", "t")):
+        model = _model([*nodes, oh.make_node("Add", [a, b], ["y"])], inits, 96, 96).SerializeToString()
+        ops = _op_types(native_kernel, model)
+        assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"residual": True, "gelu": gelu is not None}]
+        assert "Add" not in [t for t, _ in ops]
+        layer = _model(_layer("", "x", "y", codes, g, bias, _norm(x, 0), gelu)[0], inits, 96, 96).SerializeToString()
+        y = _run_on_path(native_kernel, isa, model, x, tmp_path)
+        assert np.array_equal(y, _run_on_path(native_kernel, isa, layer, x, tmp_path) + x)
 
 
 @pytest.mark.parametrize("shape", [[96], [1, 96]], ids=["vector", "one-row"])
@@ -389,24 +397,37 @@ def _qkv_model(codes, g, bias, tokens, heads, perm=(2, 0, 3, 1, 4), stacked=Fals
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("edgedf", 1)])
 
 
-@pytest.mark.parametrize("stacked", [False, True], ids=["q-k-v", "and-stacked"])
-def test_qkv_is_written_in_the_attentions_layout(native_kernel, stacked):
-    # the split into heads runs inside the op, which writes q, k and v as the attention reads them; bit for bit what
-    # the plain op's output permuted gives, at batch sizes whose rows end inside a tile
-    x2, codes, g, bias = _cases()[1]  # K = 384, N = 96 = 3 x 2 heads x 16
-    model = _qkv_model(codes, g, bias, tokens=5, heads=2, stacked=stacked).SerializeToString()
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_qkv_is_written_in_the_attentions_layout_on_every_cpu_path(native_kernel, tmp_path, isa):
+    # the split into heads runs inside the op, which writes q, k and v as the attention reads them: bit for bit what
+    # the plain op's output permuted gives on every path, at batch sizes whose rows end inside a tile and span several
+    # blocks
+    _, codes, g, bias = _cases()[1]  # K = 384, N = 96 = 3 x 2 heads x 16
+    model = _qkv_model(codes, g, bias, tokens=5, heads=2).SerializeToString()
     ops = _op_types(native_kernel, model)
     assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"splits": 3, "heads": 2}]
     assert not [t for t, _ in ops if t in ("Transpose", "Gather")]
-    session = ov_backend.OpenVinoSession(model, extensions=(native_kernel,))
-    for batch in (1, 7):
-        x = x2[: batch * 5].reshape(batch, 5, -1)
+    rng = np.random.default_rng(3)
+    for batch in (1, 7, 26):
+        x = rng.standard_normal((batch, 5, 384)).astype(np.float32)
         ref = _reference(x.reshape(batch * 5, -1), codes, g, bias).reshape(batch, 5, 3, 2, 16).transpose(2, 0, 3, 1, 4)
-        outs = session.run({"x": x})
+        outs = _run_on_path(native_kernel, isa, model, x, tmp_path, every=True)
         for i in range(3):
             assert np.array_equal(outs[i], ref[i]), f"batch {batch}, output {i}"
-        if stacked:
-            assert np.array_equal(outs[3], ref)
+
+
+def test_qkv_stacked_too_is_the_permuted_output(native_kernel):
+    # where the permuted tensor itself is an output as well, it is the stack of q, k and v
+    x2, codes, g, bias = _cases()[1]
+    model = _qkv_model(codes, g, bias, tokens=5, heads=2, stacked=True).SerializeToString()
+    ops = [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"]
+    assert ops == [PLAIN | {"splits": 3, "heads": 2}]
+    x = x2[:35].reshape(7, 5, -1)
+    ref = _reference(x.reshape(35, -1), codes, g, bias).reshape(7, 5, 3, 2, 16).transpose(2, 0, 3, 1, 4)
+    outs = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})
+    for i in range(3):
+        assert np.array_equal(outs[i], ref[i])
+    assert np.array_equal(outs[3], ref)
 
 
 def test_only_the_heads_split_itself_is_fused(native_kernel):
