@@ -8,8 +8,9 @@ Compiles a small C++ harness that includes runtime/native/ternary_linear.cpp (th
 extension) and times the GEMM of one ViT-S block at batch 8 (M = 1,576 tokens; qkv, proj, fc1, fc2: 2.79 GMAC)
 on one thread, in the row blocks the op quantises and multiplies at once (rows_per_block: 64 on AMX, 60
 elsewhere), codes quantised once beforehand. Best of 40 runs, paths interleaved over 3 rounds in fresh processes
-(EDGEDF_TERNARY_ISA forces each path). The whole-model speed-ups are results*.md (bench_export.py); this says
-what the GEMM itself reaches.
+(EDGEDF_TERNARY_ISA forces each path). Beside it, the rate of the path's inner-loop arithmetic alone on registers
+(no loads): how close the GEMM runs to what its instructions allow on this core. The whole-model speed-ups are
+results*.md (bench_export.py); this says what the GEMM itself reaches.
 """
 
 from __future__ import annotations
@@ -32,6 +33,53 @@ HARNESS = r"""
 #include <cstdio>
 #include <random>
 using namespace edgedf;
+
+// The path's inner-loop arithmetic alone, on registers (no loads, independent sums as in its tile): the most
+// multiply-adds per second its instructions allow on this core, against which the GEMM's rate is read.
+#define EDGEDF_REGS(op) ".irp i," op "\n\t"
+static double timed(void (*loop)(long)) {
+    double best = 1e9;
+    const long n = 2000000;
+    for (int r = 0; r < 5; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        loop(n);
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return n / best;  // loop iterations per second
+}
+__attribute__((target("avx512f,avx512vnni"))) static void loop_avx512(long n) {  // 24 sums x 64 MAC
+    __asm__ volatile("vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t1:\n\t"
+                     EDGEDF_REGS("0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23")
+                     "vpdpbusd %%zmm24, %%zmm25, %%zmm\\i\n\t.endr\n\tdecq %0\n\tjnz 1b"
+                     : "+r"(n) :: "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18",
+                       "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25");
+}
+#if defined(EDGEDF_AVX_VNNI)
+__attribute__((target("avx2,avxvnni"))) static void loop_avxvnni(long n) {  // 12 sums x 32 MAC
+    __asm__ volatile("vpxor %%ymm14, %%ymm14, %%ymm14\n\tvpxor %%ymm15, %%ymm15, %%ymm15\n\t1:\n\t"
+                     EDGEDF_REGS("0,1,2,3,4,5,6,7,8,9,10,11")
+                     "%{vex%} vpdpbusd %%ymm14, %%ymm15, %%ymm\\i\n\t.endr\n\tdecq %0\n\tjnz 1b"
+                     : "+r"(n) :: "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11", "xmm14", "xmm15");
+}
+#endif
+__attribute__((target("avx2"))) static void loop_avx2(long n) {  // 6 int16 sums x 32 MAC: vpmaddubsw + vpaddw
+    __asm__ volatile("vpxor %%ymm14, %%ymm14, %%ymm14\n\tvpxor %%ymm15, %%ymm15, %%ymm15\n\t1:\n\t"
+                     EDGEDF_REGS("0,1,2,3,4,5")
+                     "vpmaddubsw %%ymm14, %%ymm15, %%ymm12\n\tvpaddw %%ymm12, %%ymm\\i, %%ymm\\i\n\t.endr\n\t"
+                     "decq %0\n\tjnz 1b"
+                     : "+r"(n) :: "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm12", "xmm14", "xmm15");
+}
+static double register_gmacs(Isa isa) {  // 0: not measured on this path
+    if (isa == Isa::avx512) return timed(loop_avx512) * 24 * 64 / 1e9;
+#if defined(EDGEDF_AVX_VNNI)
+    if (isa == Isa::avxvnni) return timed(loop_avxvnni) * 12 * 32 / 1e9;
+#endif
+    if (isa == Isa::avx2) return timed(loop_avx2) * 6 * 32 / 1e9;
+    return 0;
+}
+
 int main() {
     const Isa isa = detect_isa();
     const int64_t M = 1576, task = rows_per_block(isa);
@@ -62,7 +110,7 @@ int main() {
                 gemm(isa, *l.p, l.a.data(), l.s.data(), l.bias.data(), l.y.data(), m0, std::min(M, m0 + task));
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    printf("%s %.4f %.1f\n", isa_name(isa), best * 1e3, macs / best / 1e9);
+    printf("%s %.4f %.1f %.1f\n", isa_name(isa), best * 1e3, macs / best / 1e9, register_gmacs(isa));
 }
 """
 # (EDGEDF_TERNARY_ISA, CPU flag)
@@ -99,21 +147,27 @@ def main() -> None:
     flags = set(cpu_info()[1])
     paths = [p for p, flag in PATHS if flag in flags]
     load_before = os.getloadavg()
-    runs: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
+    runs: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
     names = {}
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(Path(tmp), args.source or ov_native.SOURCE)
         for _ in range(3):
             for p in paths:
                 env = {**os.environ, "EDGEDF_TERNARY_ISA": p}
-                name, ms, gmacs = subprocess.run(
+                name, *figures = subprocess.run(
                     [str(exe)], env=env, capture_output=True, text=True, check=True
                 ).stdout.split()
                 names[p] = name
-                runs[p].append((float(ms), float(gmacs)))
+                runs[p].append(tuple(map(float, figures)))
     host = host_info()
     rows = [
-        {"path": names[p], "ms": min(r)[0], "gmac_per_s": max(g for _, g in r), "runs_ms": [m for m, _ in r]}
+        {
+            "path": names[p],
+            "ms": min(m for m, _, _ in r),
+            "gmac_per_s": max(g for _, g, _ in r),
+            "register_gmac_per_s": max(x for _, _, x in r) or None,
+            "runs_ms": [m for m, _, _ in r],
+        }
         for p, r in runs.items()
     ]
     meta = {
@@ -127,15 +181,20 @@ def main() -> None:
         "",
         f"Machine: {meta['machine']}; {meta['date']}; load average before/after {meta['load_before_after'][0]} / "
         f"{meta['load_before_after'][1]}. One ViT-S block at batch 8 (M = 1,576, 2.79 GMAC), one thread, in the "
-        "op's row blocks; best of 40 runs in each of 3 interleaved rounds.",
+        "op's row blocks; best of 40 runs in each of 3 interleaved rounds. Register-only: the path's inner-loop "
+        "arithmetic alone (vpdpbusd, or vpmaddubsw and vpaddw on AVX2), no loads, as many independent sums as its "
+        "tile keeps, best of 5 x 3: the most its instructions allow on this core (not measured on AMX).",
         "",
-        "| path | ms | GMAC/s | ms per round |",
-        "|---|---|---|---|",
+        "| path | ms | GMAC/s | register-only GMAC/s | GEMM / register-only | ms per round |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {r['path']} | {r['ms']:.2f} | {r['gmac_per_s']:.0f} | {', '.join(f'{m:.2f}' for m in r['runs_ms'])} |"
-        for r in rows
-    ]
+    for r in rows:
+        peak = r["register_gmac_per_s"]
+        of_peak = f"{r['gmac_per_s'] / peak:.0%}" if peak else "-"
+        lines.append(
+            f"| {r['path']} | {r['ms']:.2f} | {r['gmac_per_s']:.0f} | {f'{peak:.0f}' if peak else '-'} | {of_peak} | "
+            f"{', '.join(f'{m:.2f}' for m in r['runs_ms'])} |"
+        )
     print("\n".join(lines))
     if args.source is None:
         stem = f"results_kernel_{args.tag}" if args.tag else "results_kernel"
