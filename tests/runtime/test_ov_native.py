@@ -337,14 +337,14 @@ def test_a_residual_after_one_layer_is_added_in_the_op(native_kernel, tmp_path, 
     codes, bias = codes[:, :96], bias[:96]  # N = K: the residual has the output's shape
     x = x[:, :96]
     nodes, inits = _layer("", "x", "t", codes, g, bias, _norm(x, 0), gelu)
-    for a, b in (("t", "x"), ("x", "t")):
-        model = _model([*nodes, oh.make_node("Add", [a, b], ["y"])], inits, 96, 96).SerializeToString()
+    layer = _model(_layer("", "x", "y", codes, g, bias, _norm(x, 0), gelu)[0], inits, 96, 96).SerializeToString()
+    expected = _run_on_path(native_kernel, isa, layer, x, tmp_path) + x
+    for operands in (["t", "x"], ["x", "t"]):
+        model = _model([*nodes, oh.make_node("Add", operands, ["y"])], inits, 96, 96).SerializeToString()
         ops = _op_types(native_kernel, model)
         assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"residual": True, "gelu": gelu is not None}]
         assert "Add" not in [t for t, _ in ops]
-        layer = _model(_layer("", "x", "y", codes, g, bias, _norm(x, 0), gelu)[0], inits, 96, 96).SerializeToString()
-        y = _run_on_path(native_kernel, isa, model, x, tmp_path)
-        assert np.array_equal(y, _run_on_path(native_kernel, isa, layer, x, tmp_path) + x)
+        assert np.array_equal(_run_on_path(native_kernel, isa, model, x, tmp_path), expected), operands
 
 
 @pytest.mark.parametrize("shape", [[96], [1, 96]], ids=["vector", "one-row"])
