@@ -820,7 +820,6 @@ public:
         }
         const float* res = residual_ ? inputs.back().data<const float>() : nullptr;
         OPENVINO_ASSERT(!res || inputs.back().get_shape() == ys, "TernaryLinear: the residual's shape is not the output's");
-        float* y = outputs[0].data<float>();
         const float* xd = inputs[0].data<const float>();
         const Isa isa = active_isa();
         const int64_t tile_rows = rows_per_tile(isa), tiles_per_block = rows_per_block(isa) / tile_rows;
@@ -838,7 +837,7 @@ public:
                 // rows [m0, m1) of the [rows, n] output: in place, or (heads layout) in this thread's buffer
                 static thread_local std::vector<float> h, o;
                 if (heads_) o.resize(std::max(o.size(), static_cast<size_t>((m1 - m0) * n)));
-                float* yb = heads_ ? o.data() : y + m0 * n;
+                float* yb = heads_ ? o.data() : ysplit[0] + m0 * n;
                 if (chain_) {  // the first layer's output stays in this thread's cache for the second
                     h.resize(std::max(h.size(), static_cast<size_t>((m1 - m0) * hidden)));
                     run_rows(isa, first, xd + m0 * k, m1 - m0, h.data(), gelu_);
@@ -849,12 +848,12 @@ public:
                 if (res)
                     for (int64_t i = 0, count = (m1 - m0) * n; i < count; ++i) yb[i] += res[m0 * n + i];
                 if (heads_)  // row b * T + t, columns (s, h, d) -> output s [b][h][t][d]
-                    for (int64_t m = m0; m < m1; ++m)
-                        for (int64_t sh = 0; sh < splits_ * heads_; ++sh) {
-                            const int64_t b = m / tokens, t = m % tokens, hd = sh % heads_;
-                            std::memcpy(ysplit[sh / heads_] + ((b * heads_ + hd) * tokens + t) * head_dim,
+                    for (int64_t m = m0; m < m1; ++m) {
+                        const int64_t b = m / tokens, t = m % tokens;
+                        for (int64_t sh = 0; sh < splits_ * heads_; ++sh)
+                            std::memcpy(ysplit[sh / heads_] + ((b * heads_ + sh % heads_) * tokens + t) * head_dim,
                                         yb + (m - m0) * n + sh * head_dim, static_cast<size_t>(head_dim) * sizeof(float));
-                        }
+                    }
                 t0 = next.load(std::memory_order_relaxed);
             }
         });
