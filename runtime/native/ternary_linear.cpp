@@ -25,7 +25,9 @@
 // float operations are the same on every path; like OpenVINO's own RMS op, it does not round as PyTorch does.
 // So is the GELU after fc1 (with_fused_gelu), applied to each block of output rows while they are in cache.
 // And, as each ViT block has them, fc2 is chained to fc1 (with_chained_layer: the hidden rows never leave the
-// thread's cache) and the residual add after proj and fc2 is taken in (with_residual).
+// thread's cache) and the residual add after proj and fc2 is taken in (with_residual). qkv writes q, k and v in the
+// attention's layout (with_heads_layout), q and k already scaled for its scores and k transposed
+// (with_attention_inputs).
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -55,6 +57,7 @@
 #include "openvino/op/divide.hpp"
 #include "openvino/op/erf.hpp"
 #include "openvino/op/gather.hpp"
+#include "openvino/op/matmul.hpp"
 #include "openvino/op/multiply.hpp"
 #include "openvino/op/op.hpp"
 #include "openvino/op/power.hpp"
@@ -750,8 +753,10 @@ public:
 
     TernaryLinear() = default;
     explicit TernaryLinear(const ov::OutputVector& args, bool gelu = false, bool chain = false, bool residual = false,
-                           int64_t splits = 0, int64_t heads = 0)
-        : Op(args), gelu_(gelu), chain_(chain), residual_(residual), splits_(splits), heads_(heads) {
+                           int64_t splits = 0, int64_t heads = 0, float q_scale = 1.f, float k_scale = 1.f,
+                           bool k_transposed = false)
+        : Op(args), gelu_(gelu), chain_(chain), residual_(residual), splits_(splits), heads_(heads), q_scale_(q_scale),
+          k_scale_(k_scale), k_transposed_(k_transposed) {
         constructor_validate_and_infer_types();
     }
 
@@ -772,9 +777,12 @@ public:
             NODE_VALIDATION_CHECK(this, !residual_ && out.rank().is_static() && out.size() == 3 && out[1].is_static() &&
                                             out[2].is_static() && out[2].get_length() % (splits_ * heads_) == 0,
                                   "TernaryLinear in heads layout takes x [B, T, K] and S * H columns' multiple");
-            out = ov::PartialShape{out[0], heads_, out[1], out[2].get_length() / (splits_ * heads_)};
+            NODE_VALIDATION_CHECK(this, !k_transposed_ || splits_ >= 2, "k_transposed needs a second split");
+            const auto d = out[2].get_length() / (splits_ * heads_);
+            out = ov::PartialShape{out[0], heads_, out[1], d};
             set_output_size(static_cast<size_t>(splits_));
             for (int64_t i = 0; i < splits_; ++i) set_output_type(static_cast<size_t>(i), ov::element::f32, out);
+            if (k_transposed_) set_output_type(1, ov::element::f32, ov::PartialShape{out[0], heads_, d, out[2]});
             return;
         }
         if (residual_)
@@ -784,7 +792,8 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<TernaryLinear>(args, gelu_, chain_, residual_, splits_, heads_);
+        return std::make_shared<TernaryLinear>(args, gelu_, chain_, residual_, splits_, heads_, q_scale_, k_scale_,
+                                               k_transposed_);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -793,12 +802,20 @@ public:
         visitor.on_attribute("residual", residual_);
         visitor.on_attribute("splits", splits_);
         visitor.on_attribute("heads", heads_);
+        visitor.on_attribute("q_scale", q_scale_);
+        visitor.on_attribute("k_scale", k_scale_);
+        visitor.on_attribute("k_transposed", k_transposed_);
         return true;
     }
     bool gelu() const { return gelu_; }
     bool chain() const { return chain_; }
     bool residual() const { return residual_; }
     int64_t heads() const { return heads_; }
+    int64_t splits() const { return splits_; }
+    bool attention_inputs() const { return q_scale_ != 1.f || k_scale_ != 1.f || k_transposed_; }
+    // the op that replaced this one where its q and k were taken into the attention (with_attention_inputs)
+    std::shared_ptr<ov::Node> successor() const { return successor_.lock(); }
+    void set_successor(const std::shared_ptr<ov::Node>& op) const { successor_ = op; }
     bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
@@ -847,13 +864,7 @@ public:
                 }
                 if (res)
                     for (int64_t i = 0, count = (m1 - m0) * n; i < count; ++i) yb[i] += res[m0 * n + i];
-                if (heads_)  // row b * T + t, columns (s, h, d) -> output s [b][h][t][d]
-                    for (int64_t m = m0; m < m1; ++m) {
-                        const int64_t b = m / tokens, t = m % tokens;
-                        for (int64_t sh = 0; sh < splits_ * heads_; ++sh)
-                            std::memcpy(ysplit[sh / heads_] + ((b * heads_ + sh % heads_) * tokens + t) * head_dim,
-                                        yb + (m - m0) * n + sh * head_dim, static_cast<size_t>(head_dim) * sizeof(float));
-                    }
+                if (heads_) write_heads(yb, m0, m1, n, tokens, head_dim, ysplit);
                 t0 = next.load(std::memory_order_relaxed);
             }
         });
@@ -866,6 +877,40 @@ public:
     }
 
 private:
+    // Rows [m0, m1) of the [rows, n] output in yb: row b * T + t, columns (s, h, d) -> output s [b][h][t][d]; q (s = 0)
+    // and k (s = 1) times their scales (the attention's Multiply, the same float product), k as [b][h][d][t] where
+    // k_transposed.
+    void write_heads(const float* yb, int64_t m0, int64_t m1, int64_t n, int64_t tokens, int64_t head_dim,
+                     const std::vector<float*>& ysplit) const {
+        const size_t bytes = static_cast<size_t>(head_dim) * sizeof(float);
+        for (int64_t m = m0; m < m1; ++m) {
+            const int64_t b = m / tokens, t = m % tokens;
+            for (int64_t sh = 0; sh < splits_ * heads_; ++sh) {
+                const int64_t s = sh / heads_, h = sh % heads_;
+                if (s == 1 && k_transposed_) continue;
+                const float* src = yb + (m - m0) * n + sh * head_dim;
+                float* dst = ysplit[s] + ((b * heads_ + h) * tokens + t) * head_dim;
+                const float c = s == 0 ? q_scale_ : s == 1 ? k_scale_ : 1.f;
+                if (c != 1.f)
+                    for (int64_t d = 0; d < head_dim; ++d) dst[d] = src[d] * c;
+                else
+                    std::memcpy(dst, src, bytes);
+            }
+        }
+        if (!k_transposed_) return;
+        // k^T: per run of rows of one image, each (h, d) row of the output written in one go
+        for (int64_t r0 = m0; r0 < m1;) {
+            const int64_t b = r0 / tokens, t0 = r0 % tokens, r1 = std::min(m1, (b + 1) * tokens);
+            for (int64_t h = 0; h < heads_; ++h) {
+                const float* src = yb + (r0 - m0) * n + (heads_ + h) * head_dim;
+                float* dst = ysplit[1] + (b * heads_ + h) * head_dim * tokens + t0;
+                for (int64_t d = 0; d < head_dim; ++d)
+                    for (int64_t r = 0; r < r1 - r0; ++r) dst[d * tokens + r] = src[r * n + d] * k_scale_;
+            }
+            r0 = r1;
+        }
+    }
+
     // The layer whose w_packed is input w (its scale, bias and norm follow it), taking k inputs per row.
     Layer layer(const ov::TensorVector& inputs, size_t w, int64_t k, bool norm) const {
         const ov::Shape ws = inputs[w].get_shape();
@@ -893,6 +938,9 @@ private:
     bool chain_ = false;     // a second layer follows (with_chained_layer)
     bool residual_ = false;  // the last input is added to the output (with_residual)
     int64_t splits_ = 0, heads_ = 0;  // heads_ > 0: q, k, v outputs in the attention's layout (with_heads_layout)
+    float q_scale_ = 1.f, k_scale_ = 1.f;  // q and k scaled for the attention's scores (with_attention_inputs)
+    bool k_transposed_ = false;            // k written as [B, H, D, T] (with_attention_inputs)
+    mutable std::weak_ptr<ov::Node> successor_;
     struct Cache {
         std::once_flag once;
         std::shared_ptr<Packed> packed;
@@ -1071,6 +1119,67 @@ static ov::OutputVector convert_gather(const ov::frontend::NodeContext& node) {
                                                  ov::op::v0::Constant::create(ov::element::i64, {}, {axis}))};
 }
 
+// The attention's inputs, as PyTorch exports scaled_dot_product_attention(q, k, v) of with_heads_layout's outputs:
+//   MatMul(Mul(q, c), Mul(Reshape(Transpose(Reshape(k, [-1, T, D]), [0, 2, 1]), [-1, H, D, T]), c'))
+// (Mul operands in either order, c and c' float scalars: the scale split between q and k) becomes MatMul(q', k')
+// of an op that writes q' = q * c and k' = k^T * c' itself, the same float products, as it writes each block of rows
+// into the heads layout (instead of OpenVINO reading q and k back to scale them and transposing k). The op it
+// replaces is the successor's; the attention's v taken from it (convert_matmul) comes from the successor too.
+static std::shared_ptr<TernaryLinear> heads_op(const ov::Output<ov::Node>& out, size_t index) {
+    const auto op = producer<TernaryLinear>(out);
+    return op && op->heads() && !op->attention_inputs() && out.get_index() == index ? op : nullptr;
+}
+
+// (x, c) where m is Mul(x, c) or Mul(c, x) with c a float scalar constant
+static std::pair<ov::Output<ov::Node>, float> scaled(const ov::Output<ov::Node>& m) {
+    if (const auto mul = producer<ov::op::v1::Multiply>(m))
+        for (int i = 0; i < 2; ++i)
+            if (const auto c = f32_constant(mul->input_value(1 - i), 1))
+                return {mul->input_value(i), c->cast_vector<float>()[0]};
+    return {{}, 0.f};
+}
+
+static std::shared_ptr<ov::Node> with_attention_inputs(const ov::Output<ov::Node>& a, const ov::Output<ov::Node>& b) {
+    using namespace ov::op;
+    const auto [q, cq] = scaled(a);
+    const auto [kt, ck] = scaled(b);
+    const auto op = q.get_node() ? heads_op(q, 0) : nullptr;
+    if (!op || !kt.get_node()) return nullptr;
+    const auto outer = producer<v1::Reshape>(kt);
+    const auto transpose = outer ? producer<v1::Transpose>(outer->input_value(0)) : nullptr;
+    const auto inner = transpose ? producer<v1::Reshape>(transpose->input_value(0)) : nullptr;
+    if (!inner || heads_op(inner->input_value(0), 1) != op) return nullptr;
+    const auto perm = producer<v0::Constant>(transpose->input_value(1));
+    if (!perm || perm->cast_vector<int64_t>() != std::vector<int64_t>{0, 2, 1}) return nullptr;
+    // k [B, H, T, D] -> [B * H, T, D] -> [B * H, D, T] -> [B, H, D, T]: k with its last two axes swapped
+    const auto &ks = inner->get_input_partial_shape(0), &r1 = inner->get_output_partial_shape(0),
+               &r2 = outer->get_output_partial_shape(0);
+    if (ks.rank().is_dynamic() || ks.size() != 4 || r1.rank().is_dynamic() || r1.size() != 3 ||
+        r2.rank().is_dynamic() || r2.size() != 4)
+        return nullptr;
+    for (size_t i = 1; i < 4; ++i)
+        if (ks[i].is_dynamic()) return nullptr;
+    if (r1[1] != ks[2] || r1[2] != ks[3] || r2[1] != ks[1] || r2[2] != ks[3] || r2[3] != ks[2]) return nullptr;
+    const auto fused = std::make_shared<TernaryLinear>(op->input_values(), op->gelu(), op->chain(), false, op->splits(),
+                                                       op->heads(), cq, ck, true);
+    op->set_successor(fused);
+    return std::make_shared<v0::MatMul>(fused->output(0), fused->output(1));
+}
+
+// an output of an op with a successor (with_attention_inputs) that is the same in it: the successor's
+static ov::Output<ov::Node> current(const ov::Output<ov::Node>& out) {
+    const auto op = producer<TernaryLinear>(out);
+    const auto next = op && out.get_index() > 1 ? op->successor() : nullptr;
+    return next ? next->output(out.get_index()) : out;
+}
+
+// ONNX MatMul: the attention's scores of a TernaryLinear's q and k above; any other MatMul as OpenVINO converts it.
+static ov::OutputVector convert_matmul(const ov::frontend::NodeContext& node) {
+    const ov::Output<ov::Node> a = node.get_input(0), b = node.get_input(1);
+    if (auto fused = with_attention_inputs(a, b)) return {fused};
+    return {std::make_shared<ov::op::v0::MatMul>(current(a), current(b))};
+}
+
 // ONNX Add: a residual fused into the TernaryLinear before it; any other Add as OpenVINO converts it.
 static ov::OutputVector convert_add(const ov::frontend::NodeContext& node) {
     const ov::Output<ov::Node> a = node.get_input(0), b = node.get_input(1);
@@ -1090,5 +1199,6 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
      std::make_shared<ov::frontend::onnx::ConversionExtension>("TernaryLinear", "edgedf", edgedf::convert_ternary_linear),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("Mul", edgedf::convert_mul),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("Add", edgedf::convert_add),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("MatMul", edgedf::convert_matmul),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("Transpose", edgedf::convert_transpose),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("Gather", edgedf::convert_gather)}));

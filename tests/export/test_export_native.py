@@ -41,17 +41,20 @@ def test_export_native_bundle_runs_the_canonical_graph(checkpoints, tmp_path, na
     # exact codes per layer (above); across layers, float sums in another order can move a .5-boundary code
     assert r["decisive_agreement"] >= 0.995 and r["max_abs_dp"] < 0.05
     assert any("native ternary kernel built here" in n for n in m["notes"])
-    # as OpenVINO reads it with the kernel, per block: qkv; proj with the residual added in; fc1 -> GELU -> fc2 as
-    # one op, residual in; every RMSNorm inside its op
+    # as OpenVINO reads it with the kernel, per block: qkv, writing the attention's scaled q and k^T; proj with the
+    # residual added in; fc1 -> GELU -> fc2 as one op, residual in; every RMSNorm inside its op
     core = openvino.Core()
     core.add_extension(str(ov_native.extension()))
     ops = core.read_model(str(path / "model.onnx")).get_ops()
     fused = [op for op in ops if op.get_type_name() == "TernaryLinear"]
-    attrs = sorted(tuple(op.get_attributes()[a] for a in ("gelu", "chain", "residual", "heads")) for op in fused)
-    assert attrs == [(False, False, False, 2)] * 2 + [(False, False, True, 0)] * 2 + [(True, True, True, 0)] * 2
+    keys = ("gelu", "chain", "residual", "heads", "k_transposed")
+    attrs = sorted(tuple(op.get_attributes()[a] for a in keys) for op in fused)
+    qkv, proj, mlp = (False, False, False, 2, True), (False, False, True, 0, False), (True, True, True, 0, False)
+    assert attrs == [qkv] * 2 + [proj] * 2 + [mlp] * 2
     assert sorted(len(op.inputs()) for op in fused) == [6, 6, 7, 7, 12, 12]
     five_d = [op for op in ops if op.get_type_name() == "Transpose" and len(op.get_output_partial_shape(0)) == 5]
     assert not five_d  # q, k, v straight from the qkv op
+    assert not [op for op in ops if op.get_type_name() == "Multiply" and len(op.get_output_partial_shape(0)) == 4]
     bundle = load_bundle(path)
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
     native = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)

@@ -235,7 +235,12 @@ def _gelu(t):
     return t * 0.5 * (1 + np.vectorize(math.erf)(t / np.sqrt(2)))
 
 
-PLAIN = {"gelu": False, "chain": False, "residual": False, "splits": 0, "heads": 0}  # nothing else fused in
+# nothing else fused in
+PLAIN = {"gelu": False, "chain": False, "residual": False, "splits": 0, "heads": 0} | {
+    "q_scale": 1.0,
+    "k_scale": 1.0,
+    "k_transposed": False,
+}
 
 
 def _op_types(lib, model: bytes) -> list[tuple[str, dict]]:
@@ -442,6 +447,92 @@ def test_only_the_heads_split_itself_is_fused(native_kernel):
     outs = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})
     for i in range(3):
         assert np.array_equal(outs[i], ref[i])
+
+
+SCALE = np.float32(16**-0.25)  # PyTorch's export splits SDPA's 1 / sqrt(D) between q and k: D ** -0.25 on each
+
+
+def _attention_model(codes, g, bias, tokens, heads, kt_perm=(0, 2, 1), q_out=False):
+    """_qkv_model's q, k, v into the attention as PyTorch exports scaled_dot_product_attention(q, k, v):
+    Softmax(Mul(q, c) @ Mul(c, Reshape(Transpose(Reshape(k, [-1, T, D]), [0, 2, 1]), [-1, H, D, T]))) @ v -> y,
+    and the scores -> s (and q itself too where q_out). Another kt_perm is not k's transpose."""
+    model = _qkv_model(codes, g, bias, tokens, heads)
+    d = codes.shape[0] // (3 * heads)
+    nodes = [
+        oh.make_node("Mul", ["q", "c"], ["qs"]),
+        oh.make_node("Reshape", ["k", "s3"], ["k3"]),
+        oh.make_node("Transpose", ["k3"], ["k3t"], perm=list(kt_perm)),
+        oh.make_node("Reshape", ["k3t", "s4"], ["kt"]),
+        oh.make_node("Mul", ["c", "kt"], ["kts"]),
+        oh.make_node("MatMul", ["qs", "kts"], ["s"]),
+        oh.make_node("Softmax", ["s"], ["p"], axis=-1),
+        oh.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(SCALE, "c"),
+            numpy_helper.from_array(np.array([-1, tokens, d], np.int64), "s3"),
+            numpy_helper.from_array(np.array([-1, heads, d, tokens], np.int64), "s4"),
+        ]
+    )
+    del model.graph.output[:]
+    names = ("y", "s", "q") if q_out else ("y", "s")
+    model.graph.output.extend(oh.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return model
+
+
+def _attention_reference(x, codes, g, bias, heads):
+    """y and the scores of _attention_model in float64 from the op's float32 q, k, v scaled in float32."""
+    b, t, _ = x.shape
+    q, k, v = _reference(x.reshape(b * t, -1), codes, g, bias).reshape(b, t, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+    s = (q * SCALE).astype(np.float64) @ (k * SCALE).astype(np.float64).swapaxes(-1, -2)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64), s
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_the_attentions_q_and_k_are_scaled_and_k_transposed_in_the_op_on_every_cpu_path(native_kernel, tmp_path, isa):
+    # q * c and k^T * c come out of the qkv op itself (no Multiply, no Transpose left), the same float products: the
+    # scores are those of the op's q and k scaled in float32 to float32's precision, on every path, at batch sizes
+    # whose rows end inside a tile, span several blocks and several images per block; v comes from the same op
+    _, codes, g, bias = _cases()[1]  # K = 384, N = 96 = 3 x 2 heads x 16
+    model = _attention_model(codes, g, bias, tokens=5, heads=2).SerializeToString()
+    ops = _op_types(native_kernel, model)
+    attrs = PLAIN | {"splits": 3, "heads": 2, "q_scale": float(SCALE), "k_scale": float(SCALE), "k_transposed": True}
+    assert [a for t, a in ops if t == "TernaryLinear"] == [attrs]
+    assert not [t for t, _ in ops if t in ("Multiply", "Transpose", "Gather")]
+    rng = np.random.default_rng(4)
+    for batch in (1, 7, 26):
+        x = rng.standard_normal((batch, 5, 384)).astype(np.float32)
+        y, s = _run_on_path(native_kernel, isa, model, x, tmp_path, every=True)
+        y_ref, s_ref = _attention_reference(x, codes, g, bias, heads=2)
+        assert np.allclose(s, s_ref, rtol=1e-5, atol=1e-5 * np.abs(s_ref).max()), f"batch {batch}"
+        assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max()), f"batch {batch}"
+
+
+def test_attention_inputs_are_taken_in_only_as_pytorch_exports_them(native_kernel):
+    # another axis order after the inner Reshape is not k's transpose: Multiply and Transpose stay, and are right;
+    # where q is an output too, the op that gives it stays beside the one that feeds the scores: all stay right
+    x2, codes, g, bias = _cases()[1]
+    x = x2[:35].reshape(7, 5, -1)
+    y_ref, s_ref = _attention_reference(x, codes, g, bias, heads=2)
+    q, k, _ = _reference(x.reshape(35, -1), codes, g, bias).reshape(7, 5, 3, 2, 16).transpose(2, 0, 3, 1, 4)
+    model = _attention_model(codes, g, bias, tokens=5, heads=2, kt_perm=(0, 1, 2)).SerializeToString()
+    ops = _op_types(native_kernel, model)
+    assert [a for t, a in ops if t == "TernaryLinear"] == [PLAIN | {"splits": 3, "heads": 2}]
+    assert [t for t, _ in ops].count("Multiply") == 2
+    s = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})[1]
+    k_other = (k * SCALE).reshape(7, 2, 16, 5)  # [T, D] read as [D, T]: k's values in another order
+    s_other = (q * SCALE).astype(np.float64) @ k_other
+    assert np.allclose(s, s_other, rtol=1e-5, atol=1e-5 * np.abs(s_other).max())
+    model = _attention_model(codes, g, bias, tokens=5, heads=2, q_out=True).SerializeToString()
+    ops = [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"]
+    assert sorted(a["k_transposed"] for a in ops) == [False, True]
+    y, s, q_out = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})
+    assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
+    assert np.allclose(s, s_ref, rtol=1e-5, atol=1e-5 * np.abs(s_ref).max())
+    assert np.array_equal(q_out, q)  # unscaled
 
 
 def test_other_transposes_and_gathers_convert_as_openvinos_own(native_kernel):
