@@ -1124,18 +1124,22 @@ static ov::OutputVector convert_gather(const ov::frontend::NodeContext& node) {
 // (Mul operands in either order, c and c' float scalars: the scale split between q and k) becomes MatMul(q', k')
 // of an op that writes q' = q * c and k' = k^T * c' itself, the same float products, as it writes each block of rows
 // into the heads layout (instead of OpenVINO reading q and k back to scale them and transposing k). The op it
-// replaces is the successor's; the attention's v taken from it (convert_matmul) comes from the successor too.
+// replaces names it as its successor, so that the attention's v, taken from the old op, is taken from the new one
+// (convert_matmul); the old op then drops out of the model (where nothing else reads its q or k).
 static std::shared_ptr<TernaryLinear> heads_op(const ov::Output<ov::Node>& out, size_t index) {
     const auto op = producer<TernaryLinear>(out);
     return op && op->heads() && !op->attention_inputs() && out.get_index() == index ? op : nullptr;
 }
 
-// (x, c) where m is Mul(x, c) or Mul(c, x) with c a float scalar constant
+// (x, c) where m is Mul(x, c) or Mul(c, x) with c a float constant of one value that does not add axes to x
 static std::pair<ov::Output<ov::Node>, float> scaled(const ov::Output<ov::Node>& m) {
     if (const auto mul = producer<ov::op::v1::Multiply>(m))
-        for (int i = 0; i < 2; ++i)
-            if (const auto c = f32_constant(mul->input_value(1 - i), 1))
+        for (int i = 0; i < 2; ++i) {
+            const auto c = f32_constant(mul->input_value(1 - i), 1);
+            const auto& xs = mul->get_input_partial_shape(i);
+            if (c && xs.rank().is_static() && c->get_shape().size() <= xs.size())
                 return {mul->input_value(i), c->cast_vector<float>()[0]};
+        }
     return {{}, 0.f};
 }
 

@@ -449,7 +449,9 @@ def test_only_the_heads_split_itself_is_fused(native_kernel):
         assert np.array_equal(outs[i], ref[i])
 
 
-SCALE = np.float32(16**-0.25)  # PyTorch's export splits SDPA's 1 / sqrt(D) between q and k: D ** -0.25 on each
+# PyTorch's export splits SDPA's 1 / sqrt(D) between q and k, D ** -0.25 on each: here a ViT's (D = 64), which is no
+# power of two (so that any other rounding shows)
+SCALE = np.float32(64**-0.25)
 
 
 def _attention_model(codes, g, bias, tokens, heads, kt_perm=(0, 2, 1), q_out=False):
@@ -509,6 +511,13 @@ def test_the_attentions_q_and_k_are_scaled_and_k_transposed_in_the_op_on_every_c
         y_ref, s_ref = _attention_reference(x, codes, g, bias, heads=2)
         assert np.allclose(s, s_ref, rtol=1e-5, atol=1e-5 * np.abs(s_ref).max()), f"batch {batch}"
         assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max()), f"batch {batch}"
+    # bit for bit: with one value per head (D = 1) each score is one product, q * c times k * c, in any order of sums
+    codes1 = rng.integers(-1, 2, (6, 384))
+    model = _attention_model(codes1, g, bias[:6], tokens=5, heads=2).SerializeToString()
+    x = rng.standard_normal((7, 5, 384)).astype(np.float32)
+    q, k, _ = _reference(x.reshape(35, -1), codes1, g, bias[:6]).reshape(7, 5, 3, 2, 1).transpose(2, 0, 3, 1, 4)
+    s = _run_on_path(native_kernel, isa, model, x, tmp_path, every=True)[1]
+    assert np.array_equal(s, (q * SCALE) @ (k * SCALE).swapaxes(-1, -2))
 
 
 def test_attention_inputs_are_taken_in_only_as_pytorch_exports_them(native_kernel):
