@@ -61,6 +61,9 @@ for b in (1, 8):
 """
 
 
+PRESETS = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S"}  # --preset: the model and its name in the results
+
+
 def main() -> None:
     from edgedf.export.api import ExportOptions, export_bundle
     from edgedf.runtime.backends import ov_native
@@ -70,7 +73,7 @@ def main() -> None:
     ap.add_argument("new", type=Path, nargs="?", default=ov_native.SOURCE, help="default: the shipped kernel")
     ap.add_argument("--path", nargs="+", choices=["cpu", *EMULATE], default=["cpu"], help="one or more, in turn")
     ap.add_argument("--rounds", type=int, default=25)
-    ap.add_argument("--preset", default="vit_small", choices=["vit_tiny", "vit_small"], help="the model (224 px)")
+    ap.add_argument("--preset", default="vit_small", choices=list(PRESETS), help="the model (224 px)")
     ap.add_argument("--out", type=Path, help="also write the result as markdown here")
     args = ap.parse_args()
     for src in (args.old, args.new):
@@ -94,9 +97,6 @@ def main() -> None:
             printed[label] = proc.stdout
     if args.out:
         write_markdown(args, printed)
-
-
-PRESETS = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S"}
 
 
 def write_markdown(args, printed: dict[str, str]) -> None:

@@ -812,7 +812,7 @@ public:
     bool residual() const { return residual_; }
     int64_t heads() const { return heads_; }
     int64_t splits() const { return splits_; }
-    bool attention_inputs() const { return q_scale_ != 1.f || k_scale_ != 1.f || k_transposed_; }
+    bool k_transposed() const { return k_transposed_; }  // with_attention_inputs made it
     // the op that replaced this one where its q and k were taken into the attention (with_attention_inputs)
     std::shared_ptr<ov::Node> successor() const { return successor_.lock(); }
     void set_successor(const std::shared_ptr<ov::Node>& op) const { successor_ = op; }
@@ -1128,7 +1128,7 @@ static ov::OutputVector convert_gather(const ov::frontend::NodeContext& node) {
 // (convert_matmul); the old op then drops out of the model (where nothing else reads its q or k).
 static std::shared_ptr<TernaryLinear> heads_op(const ov::Output<ov::Node>& out, size_t index) {
     const auto op = producer<TernaryLinear>(out);
-    return op && op->heads() && !op->attention_inputs() && out.get_index() == index ? op : nullptr;
+    return op && op->heads() && !op->k_transposed() && out.get_index() == index ? op : nullptr;
 }
 
 // (x, c) where m is Mul(x, c) or Mul(c, x) with c a float constant of one value that does not add axes to x
