@@ -27,8 +27,8 @@ class TargetProfile:
     imgsz: int | None  # export input size; None = the checkpoint's own
     ternary_lowering: str  # how edgedf::TernaryLinear is rewritten for this backend
     why: str  # the reason for that choice, from measurements where we have them
-    # the lowering on an x86 CPU with AVX2 (AVX-VNNI, AVX-512 VNNI or neither) but no AMX
-    ternary_lowering_no_amx: str | None = None
+    # the lowering where the export machine is an x86 CPU with AVX2 and edgedf's native kernel builds there
+    ternary_lowering_avx2: str | None = None
 
     def __post_init__(self) -> None:
         assert self.backend in BACKENDS, self.backend
@@ -79,13 +79,13 @@ PROFILES: dict[str, TargetProfile] = {
             threads=0,
             imgsz=None,
             ternary_lowering="int8-qdq",
-            ternary_lowering_no_amx="native",
-            why="With AMX OpenVINO's static int8 Q/DQ MatMuls ran within about a tenth of edgedf's native kernel "
-            "and need no compiler on the device (the bundle keeps 2-bit weights, expanded to int8 at load). On every "
-            "other x86 CPU with AVX2 the native kernel (edgedf's own TernaryLinear: exact per-token codes, norm, GELU, "
-            "fc1->fc2 and the residual adds fused) is the fastest ternary path: OpenVINO's int8 is slower than fp32 "
-            "without VNNI, and behind the kernel with AVX-VNNI and on a real AVX-512 VNNI CPU (AMD Zen 5), so there "
-            "export picks `native` (benchmarks/export).",
+            ternary_lowering_avx2="native",
+            why="On every x86 CPU with AVX2 edgedf's native kernel (its own TernaryLinear: exact per-token codes; "
+            "norm, GELU, fc1->fc2, the residual adds and the attention's q and k fused) is the fastest ternary path: "
+            "OpenVINO's int8 is slower than fp32 without VNNI and behind the kernel with AVX-VNNI, AVX-512 VNNI "
+            "(AMD Zen 4, Zen 5) and AMX (Sapphire Rapids), so there export picks `native`. Where the kernel cannot "
+            "be built, static int8 Q/DQ MatMuls, which need no compiler on the device (2-bit weights on disk, "
+            "expanded to int8 at load; benchmarks/export).",
         ),
         TargetProfile(
             name="rpi",

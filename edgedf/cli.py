@@ -297,17 +297,17 @@ def targets(fmt: str = typer.Option("table", "--format", help=FORMAT_HELP)) -> N
 
     columns = ["Target", "Device", "Backend", "Precisions", "Default fp / bit", "Threads", "Ternary lowering"]
     ps = list(PROFILES.values())
-    no_amx = " on AVX2 CPUs without AMX"
+    avx2 = " where edgedf's kernel builds on an AVX2 CPU"
     rows = [
         [p.name, p.device, p.backend, ", ".join(p.precisions), f"{p.default_fp} / {p.default_bit}",
          str(p.threads or "all"),
-         p.ternary_lowering + (f" ({p.ternary_lowering_no_amx}{no_amx})" if p.ternary_lowering_no_amx else "")]
+         p.ternary_lowering + (f"; {p.ternary_lowering_avx2}{avx2}" if p.ternary_lowering_avx2 else "")]
         for p in ps
     ]  # fmt: skip
     records = [
         {"target": p.name, "device": p.device, "backend": p.backend, "precisions": list(p.precisions),
          "default_fp": p.default_fp, "default_bit": p.default_bit, "threads": p.threads,
-         "ternary_lowering": p.ternary_lowering, "ternary_lowering_no_amx": p.ternary_lowering_no_amx}
+         "ternary_lowering": p.ternary_lowering, "ternary_lowering_avx2": p.ternary_lowering_avx2}
         for p in ps
     ]  # fmt: skip
     if fmt == "csv":

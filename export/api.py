@@ -70,10 +70,10 @@ def _precision(ck: Checkpoint, profile: TargetProfile, precision: str | None) ->
 
 
 def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list[str]) -> str:
-    """The lowering asked for, or the target's. OpenVINO's int8 Q/DQ kernels keep up with edgedf's native kernel
-    on AMX; on other AVX2 CPUs they lose to fp32 (no VNNI) or to the native kernel (AVX-VNNI, AVX-512 VNNI), so
-    there the cpu target takes the native kernel (exact per-token codes; its AVX2 GEMM widens int16 sums only
-    every 256 k) when it can be built here, with a note saying so."""
+    """The lowering asked for, or the target's. OpenVINO's int8 Q/DQ kernels lose to fp32 without VNNI and to
+    edgedf's native kernel with AVX-VNNI, AVX-512 VNNI or AMX, so on an AVX2 CPU the cpu target takes the native
+    kernel (exact per-token codes; its AVX2 GEMM widens int16 sums only every 256 k) when it can be built here,
+    with a note saying so."""
     chosen = requested or profile.ternary_lowering
     if chosen not in lowering.CHOICES:
         raise EdgedfError(f"unknown lowering {chosen!r}; choose one of {', '.join(lowering.CHOICES)}")
@@ -86,18 +86,15 @@ def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list
             notes.append(f"native ternary kernel built here, {ov_native.cpu_path(ov_native.extension())} path")
         except EdgedfError as e:
             notes.append(f"{e}: verified with the ternary layers in stock ops")
-    elif not requested and profile.ternary_lowering_no_amx == lowering.NATIVE:
+    elif not requested and profile.ternary_lowering_avx2 == lowering.NATIVE:
         from edgedf.devices.bench import cpu_info
         from edgedf.runtime.backends import ov_native
 
-        flags = cpu_info()[1]
-        if "avx2" in flags and "amx_int8" not in flags:
+        if "avx2" in cpu_info()[1]:
             try:
-                ov_native.extension()
-                notes.append(
-                    f"AVX2 without AMX on the export machine: target {profile.name} takes the native "
-                    "ternary kernel"
-                )
+                path = ov_native.cpu_path(ov_native.extension())
+                notes.append(f"AVX2 on the export machine: target {profile.name} takes the native ternary kernel "
+                             f"({path} path)")  # fmt: skip
                 return lowering.NATIVE
             except EdgedfError:
                 pass

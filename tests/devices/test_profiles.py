@@ -18,9 +18,9 @@ def test_ternary_lowerings_are_ones_export_knows():
     from edgedf.export.lowering import CHOICES
 
     for p in PROFILES.values():
-        assert p.ternary_lowering in CHOICES and p.ternary_lowering_no_amx in (None, *CHOICES)
+        assert p.ternary_lowering in CHOICES and p.ternary_lowering_avx2 in (None, *CHOICES)
     # the native kernel is an OpenVINO op: only the OpenVINO target may fall back to it
-    assert {p.name for p in PROFILES.values() if p.ternary_lowering_no_amx == "native"} == {"cpu"}
+    assert {p.name for p in PROFILES.values() if p.ternary_lowering_avx2 == "native"} == {"cpu"}
 
 
 def test_unknown_target():

@@ -204,8 +204,8 @@ def test_export_cli_summary(checkpoints, tmp_path):
 
 
 def test_openvino_ternary_forms(checkpoints, tmp_path):
-    # int8 Q/DQ ONNX with 2-bit weights, expanded to int8 when OpenVINO loads it (the default where the CPU has
-    # VNNI; without it the default is the native kernel: test_ov_native.py)
+    # int8 Q/DQ ONNX with 2-bit weights, expanded to int8 when OpenVINO loads it (the default where edgedf's
+    # native kernel cannot be built; where it can, the default is that kernel: test_export_native.py)
     path, m = export_bundle(
         checkpoints["bit"],
         ExportOptions(target="cpu", out=tmp_path / "a", verify_n=32, min_agreement=0.9, lowering="int8-qdq"),

@@ -83,19 +83,28 @@ def test_native_bundle_without_the_kernel_still_runs(checkpoints, tmp_path, nati
         (["avx2"], "native"),
         (["avx2", "avx_vnni"], "native"),
         (["avx2", "avx512f", "avx512_vnni"], "native"),
-        (["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"], "int8-qdq"),
+        (["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"], "native"),
+        ([], "int8-qdq"),
     ],
 )
-def test_cpu_target_takes_the_native_kernel_without_amx(checkpoints, native_kernel, monkeypatch, flags, expected):
+def test_cpu_target_takes_the_native_kernel_on_avx2(checkpoints, native_kernel, monkeypatch, flags, expected):
     from edgedf.devices import bench
     from edgedf.devices.profiles import get_profile
+    from edgedf.runtime.backends import ov_native
 
     monkeypatch.setattr(bench, "cpu_info", lambda: ("test cpu", flags))
     notes: list[str] = []
     assert export_api._ternary_lowering(get_profile("cpu"), None, notes) == expected
+    assert ("takes the native ternary kernel" in " ".join(notes)) == (expected == "native")
     assert export_api._ternary_lowering(get_profile("cpu"), "int8-qdq", []) == "int8-qdq"  # asked for: kept
     with pytest.raises(EdgedfError, match="OpenVINO only"):
         export_api._ternary_lowering(get_profile("ort"), "native", [])
+
+    def no_kernel():
+        raise EdgedfError("no C++ compiler found to build the native ternary kernel")
+
+    monkeypatch.setattr(ov_native, "extension", no_kernel)  # the kernel cannot be built: the portable Q/DQ
+    assert export_api._ternary_lowering(get_profile("cpu"), None, []) == "int8-qdq"
 
 
 def test_native_bundle_keeps_the_reference_functions(checkpoints, tmp_path, native_kernel):
