@@ -7,6 +7,7 @@ random-initialised ViT-Ti and ViT-S at 224 px (speed and size do not depend on t
     python benchmarks/export/bench_export.py --emulate-avxvnni  # ... as on an AVX-VNNI CPU (AVX2 + VNNI, no AVX-512)
     python benchmarks/export/bench_export.py --fp runs/detector_fp/model --bit runs/detector_bit/model
                                   # the shipped default's family instead: results_default_family.*
+    python benchmarks/export/bench_export.py --family   # its architecture, random-initialised: results_default_arch.*
     python benchmarks/export/bench_export.py --tag zen3   # results_zen3.*: another machine's, beside these
 
 Writes results.json and results.md next to this file (results_avx2_emulated.* with --emulate-avx2: OpenVINO's
@@ -37,11 +38,13 @@ from edgedf.export.api import ExportOptions, export_bundle
 from edgedf.runtime.backends import BackendOptions, open_classifier
 from edgedf.runtime.bundle import load_bundle
 from edgedf.runtime.errors import EdgedfError
+from edgedf.runtime.pipeline import DEFAULT_BUNDLE
 from edgedf.train.checkpoint import save_checkpoint
 from edgedf.train.qat import observe, prepare_qat
 from edgedf.train.vit import ViTConfig, build_model
 
 HERE = Path(__file__).parent
+FAMILY = "default_family"  # --family's preset: the shipped bundle's architecture, random-initialised
 # Random-initialised models put many of the 64 verification crops near p = 0.5, where one flip is 1.6 %:
 # the gate here is 95 % (the table reports every bundle's parity); `edgedf export` keeps 99 %.
 MIN_AGREEMENT = 0.95
@@ -78,31 +81,34 @@ CONFIGS = [
     ("OpenVINO int8-ptq (NNCF)", "fp", "cpu", "int8-ptq", None),
     ("OpenVINO int8-qat", "qat", "cpu", "int8-qat", None),
     (
-        "OpenVINO ternary (int8 Q/DQ, 2-bit on disk; cpu default with AMX)",
+        "OpenVINO ternary (int8 Q/DQ, 2-bit on disk; cpu default where the kernel cannot be built)",
         "bit",
         "cpu",
         "ternary",
         "int8-qdq",
     ),
-    (
-        "OpenVINO ternary (native kernel, exact codes; cpu default on AVX2 CPUs without AMX)",
-        "bit",
-        "cpu",
-        "ternary",
-        "native",
-    ),
+    ("OpenVINO ternary (native kernel, exact codes; cpu default on AVX2)", "bit", "cpu", "ternary", "native"),
     ("OpenVINO ternary (u2 MatMulNBits IR)", "bit", "cpu", "ternary", "matmulnbits-2bit"),
 ]
+
+
+def model_config(preset: str, variant: str) -> ViTConfig:
+    """A preset's model, or with FAMILY the shipped default bundle's (its manifest's config)."""
+    if preset == FAMILY:
+        config = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["model"]["config"]
+        return ViTConfig.from_dict({**config, "variant": variant})
+    return ViTConfig.from_preset(preset, variant=variant)
 
 
 def make_checkpoints(preset: str, root: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     out = {}
     for kind in ("fp", "bit", "qat"):
-        model = build_model(ViTConfig.from_preset(preset, variant="bit" if kind == "bit" else "fp"))
+        cfg = model_config(preset, "bit" if kind == "bit" else "fp")
+        model = build_model(cfg)
         if kind == "qat":
             prepare_qat(model)
-            observe(model, [torch.randn(4, 3, 224, 224) for _ in range(2)])
+            observe(model, [torch.randn(4, 3, cfg.img_size, cfg.img_size) for _ in range(2)])
         out[kind] = save_checkpoint(model, root / f"{preset}-{kind}")
     return out
 
@@ -145,15 +151,22 @@ def main() -> None:
     ap.add_argument("--emulate-avxvnni", action="store_true", help="OpenVINO rows only, AVX2 with AVX-VNNI")
     ap.add_argument("--fp", type=Path, help="a trained full-precision checkpoint (with --bit: no random models)")
     ap.add_argument("--bit", type=Path, help="its trained BitLinear twin")
+    ap.add_argument(
+        "--family", action="store_true", help="the shipped default bundle's architecture, random-initialised"
+    )
     ap.add_argument("--tag", help="write results_*_TAG.*: another machine's results beside these")
     args = ap.parse_args()
     load_before = os.getloadavg()
     configs, stem = CONFIGS, "results"
     if bool(args.fp) != bool(args.bit):
         ap.error("--fp and --bit go together")
+    if args.fp and args.family:
+        ap.error("--family is the shipped architecture random-initialised; --fp/--bit, trained checkpoints")
     if args.fp:  # the trained pair: fp32 / int8-ptq from --fp, ternary from --bit (no QAT checkpoint)
         configs, stem = [c for c in configs if c[1] != "qat"], "results_default_family"
         args.presets = ["trained"]
+    if args.family:
+        stem, args.presets = "results_default_arch", [FAMILY]
     chosen = [e for e in EMULATE if getattr(args, f"emulate_{e}")]
     if len(chosen) > 1:
         ap.error("one --emulate-* at a time")
@@ -224,6 +237,8 @@ def main() -> None:
         "native_kernel": _native_path(),
         "models": f"trained checkpoints: fp {args.fp}, bit {args.bit}"
         if args.fp
+        else f"Random-initialised models with the shipped default bundle's architecture ({_family()})"
+        if args.family
         else "Random-initialised models at 224 px, 2 classes",
     }
     meta["load_after"] = os.getloadavg()
@@ -231,6 +246,11 @@ def main() -> None:
         stem = f"{stem}_{args.tag}"
     (HERE / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=2) + "\n")
     write_markdown(meta, rows, failed, HERE / f"{stem}.md")
+
+
+def _family() -> str:
+    c = model_config(FAMILY, "bit")
+    return f"{c.preset} with {c.depth} blocks, {c.stem} stem, {c.img_size} px"
 
 
 def _native_path() -> str:
