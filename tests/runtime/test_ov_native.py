@@ -497,20 +497,22 @@ def _attention_reference(x, codes, g, bias, heads):
 def test_the_attentions_q_and_k_are_scaled_and_k_transposed_in_the_op_on_every_cpu_path(native_kernel, tmp_path, isa):
     # q * c and k^T * c come out of the qkv op itself (no Multiply, no Transpose left), the same float products: the
     # scores are those of the op's q and k scaled in float32 to float32's precision, on every path, at batch sizes
-    # whose rows end inside a tile, span several blocks and several images per block; v comes from the same op
+    # whose rows end inside a tile, span several blocks and several images per block; v comes from the same op.
+    # with 13 tokens an image's rows run across 6-row tiles and into the next block, and D = 12 is no power of two
     _, codes, g, bias = _cases()[1]  # K = 384, N = 96 = 3 x 2 heads x 16
-    model = _attention_model(codes, g, bias, tokens=5, heads=2).SerializeToString()
-    ops = _op_types(native_kernel, model)
-    attrs = PLAIN | {"splits": 3, "heads": 2, "q_scale": float(SCALE), "k_scale": float(SCALE), "k_transposed": True}
-    assert [a for t, a in ops if t == "TernaryLinear"] == [attrs]
-    assert not [t for t, _ in ops if t in ("Multiply", "Transpose", "Gather")]
     rng = np.random.default_rng(4)
-    for batch in (1, 7, 26):
-        x = rng.standard_normal((batch, 5, 384)).astype(np.float32)
-        y, s = _run_on_path(native_kernel, isa, model, x, tmp_path, every=True)
-        y_ref, s_ref = _attention_reference(x, codes, g, bias, heads=2)
-        assert np.allclose(s, s_ref, rtol=1e-5, atol=1e-5 * np.abs(s_ref).max()), f"batch {batch}"
-        assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max()), f"batch {batch}"
+    attrs = PLAIN | {"splits": 3, "heads": 2, "q_scale": float(SCALE), "k_scale": float(SCALE), "k_transposed": True}
+    for tokens, n in ((5, 96), (13, 72)):
+        model = _attention_model(codes[:n], g, bias[:n], tokens=tokens, heads=2).SerializeToString()
+        ops = _op_types(native_kernel, model)
+        assert [a for t, a in ops if t == "TernaryLinear"] == [attrs]
+        assert not [t for t, _ in ops if t in ("Multiply", "Transpose", "Gather")]
+        for batch in (1, 7, 26):
+            x = rng.standard_normal((batch, tokens, 384)).astype(np.float32)
+            y, s = _run_on_path(native_kernel, isa, model, x, tmp_path, every=True)
+            y_ref, s_ref = _attention_reference(x, codes[:n], g, bias[:n], heads=2)
+            assert np.allclose(s, s_ref, rtol=1e-5, atol=1e-5 * np.abs(s_ref).max()), f"batch {batch}, T {tokens}"
+            assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max()), f"batch {batch}, T {tokens}"
     # bit for bit: with one value per head (D = 1) each score is one product, q * c times k * c, in any order of sums
     codes1 = rng.integers(-1, 2, (6, 384))
     model = _attention_model(codes1, g, bias[:6], tokens=5, heads=2).SerializeToString()
