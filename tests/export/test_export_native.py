@@ -104,7 +104,9 @@ def test_cpu_target_takes_the_native_kernel_on_avx2(checkpoints, native_kernel, 
         raise EdgedfError("no C++ compiler found to build the native ternary kernel")
 
     monkeypatch.setattr(ov_native, "extension", no_kernel)  # the kernel cannot be built: the portable Q/DQ
-    assert export_api._ternary_lowering(get_profile("cpu"), None, []) == "int8-qdq"
+    notes = []
+    assert export_api._ternary_lowering(get_profile("cpu"), None, notes) == "int8-qdq"
+    assert any("no C++ compiler" in note and "takes int8-qdq" in note for note in notes) == bool(flags)
 
 
 def test_native_bundle_keeps_the_reference_functions(checkpoints, tmp_path, native_kernel):
