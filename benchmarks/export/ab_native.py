@@ -5,8 +5,10 @@
 
 Whole-model timings on this shared host move by up to a fifth between runs, more than most kernel changes gain,
 so a change to runtime/native/ternary_linear.cpp is judged here: both builds load into one process (each in its
-own OpenVINO Core), every round times each at batch 1 (3 runs) and batch 8 (1 run) in turn, and the medians and
-OLD/NEW speed are printed with the largest output difference between the two. --path avx2 / avxvnni / vnni limit
+own OpenVINO Core), every round times each at batch 1 (3 runs) and batch 8 (1 run) in turn, the two taking turns
+to go first, and the medians are printed with OLD/NEW per round (its median and middle half: a change is real
+when the middle half clears 1.0) and the largest output difference between the two. Passing the same source
+twice (an A/A run) shows how far this host's noise alone moves it. --path avx2 / avxvnni / vnni limit
 oneDNN and force edgedf's kernel as bench_export.py's --emulate-* do; cpu (default) is the CPU as it is. Random-
 initialised ViT-S (--preset vit_tiny: ViT-Ti) at 224 px, exported with `edgedf export`'s own code; 2 threads.
 --out FILE also writes what it printed as markdown, with the machine and the two sources' sha256 (results_ab*.md:
@@ -48,16 +50,27 @@ outs = {n: r.infer({0: xs[8]})[0].copy() for n, (r, _) in reqs.items()}
 print(f"kernel paths: old {reqs['old'][1]}, new {reqs['new'][1]}; max |old - new| output at batch 8: "
       f"{float(np.abs(outs['old'] - outs['new']).max()):.3g}")
 times = {n: {1: [], 8: []} for n in reqs}
-for _ in range(int(rounds)):
-    for n, (r, _) in reqs.items():
+ratios = {1: [], 8: []}  # per round: old's time over new's (batch 1: the mean of its 3 runs)
+for i in range(int(rounds)):
+    order = ("old", "new") if i % 2 == 0 else ("new", "old")  # who goes first alternates
+    this = {n: {} for n in order}
+    for n in order:
+        r = reqs[n][0]
         for b, x in xs.items():
+            runs = []
             for _ in range(3 if b == 1 else 1):
                 t0 = time.perf_counter()
                 r.infer({0: x})
-                times[n][b].append((time.perf_counter() - t0) * 1000 / b)
+                runs.append((time.perf_counter() - t0) * 1000 / b)
+            times[n][b] += runs
+            this[n][b] = statistics.fmean(runs)
+    for b in (1, 8):
+        ratios[b].append(this["old"][b] / this["new"][b])
 for b in (1, 8):
     o, n = statistics.median(times["old"][b]), statistics.median(times["new"][b])
-    print(f"batch {b}: old {o:.2f}, new {n:.2f} ms/img (median of {len(times['old'][b])}); old/new {o / n:.3f}x")
+    q1, q2, q3 = statistics.quantiles(ratios[b], n=4)
+    print(f"batch {b}: old {o:.2f}, new {n:.2f} ms/img (median of {len(times['old'][b])}); old/new per round: "
+          f"median {q2:.3f}x, middle half {q1:.3f}-{q3:.3f}x")
 """
 
 
@@ -109,9 +122,9 @@ def write_markdown(args, printed: dict[str, str]) -> None:
         "",
         f"Machine: {host['cpu']} ({', '.join(host['cpu_flags'])}), 2 threads; openvino "
         f"{host['backends'].get('openvino')}; {time.strftime('%Y-%m-%d')}. Random-initialised "
-        f"{PRESETS[args.preset]} at 224 px; {args.rounds} rounds per CPU path, each timing old and new in turn. old: "
-        f"{args.old.name} (sha256 {sha['old']}), new: {args.new.name} (sha256 {sha['new']}). Emulated paths as in "
-        "bench_export.py.",
+        f"{PRESETS[args.preset]} at 224 px; {args.rounds} rounds per CPU path, each timing old and new in turn "
+        f"(who goes first alternates). old: {args.old.name} (sha256 {sha['old']}), new: {args.new.name} "
+        f"(sha256 {sha['new']}). Emulated paths as in bench_export.py.",
     ]
     for label, out in printed.items():
         lines += ["", f"## {label}", "", "```", *out.strip().splitlines(), "```"]
