@@ -6,11 +6,13 @@
 
 Compiles a small C++ harness that includes runtime/native/ternary_linear.cpp (the same source and flags as the
 extension) and times the GEMM of one ViT-S block at batch 8 (M = 1,576 tokens; qkv, proj, fc1, fc2: 2.79 GMAC)
-on one thread, in the row blocks the op quantises and multiplies at once (rows_per_block: 64 on AMX, 60
-elsewhere), codes quantised once beforehand. Best of 40 runs, paths interleaved over 3 rounds in fresh processes
-(EDGEDF_TERNARY_ISA forces each path). Beside it, the rate of the path's inner-loop arithmetic alone on registers
-(no loads): how close the GEMM runs to what its instructions allow on this core. The whole-model speed-ups are
-results*.md (bench_export.py); this says what the GEMM itself reaches.
+on one thread and on two, in the row blocks the op quantises and multiplies at once (rows_per_block: 64 on AMX, 60
+elsewhere), codes quantised once beforehand. 40 runs per process, paths and thread counts interleaved over 3
+rounds in fresh processes (EDGEDF_TERNARY_ISA forces each path); the median and the best run. Beside it, the rate
+of the path's inner-loop arithmetic alone on registers (no loads): how close the GEMM runs to what its instructions
+allow on this core. On a shared VM single runs burst well above the rate a model sees (on the Zen 3 of 12-02 one
+thread's runs spread 48-104 GMAC/s, median 59), so the medians are the figures to compare with the ternary layers'
+rate inside a model (results_profile*.md, 2 threads). The whole-model speed-ups are results*.md (bench_export.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -32,20 +35,28 @@ HARNESS = r"""
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <thread>
 using namespace edgedf;
 
 // The path's inner-loop arithmetic alone, on registers (no loads, independent sums as in its tile): the most
 // multiply-adds per second its instructions allow on this core, against which the GEMM's rate is read.
 #define EDGEDF_REGS(op) ".irp i," op "\n\t"
-static double timed(void (*loop)(long)) {
-    double best = 1e9;
+static int threads = 1;  // argv[1]: 1, or 2 (the op's own 2 threads, sharing row blocks)
+static std::vector<double> timed(void (*loop)(long)) {  // loop iterations per second, per run, all threads
+    std::vector<double> rates;
     const long n = 2000000;
-    for (int r = 0; r < 5; ++r) {
+    for (int r = 0; r < 15; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
-        loop(n);
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        if (threads == 1) {
+            loop(n);
+        } else {
+            std::thread other(loop, n);
+            loop(n);
+            other.join();
+        }
+        rates.push_back(threads * n / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    return n / best;  // loop iterations per second
+    return rates;
 }
 __attribute__((target("avx512f,avx512vnni"))) static void loop_avx512(long n) {  // 24 sums x 64 MAC
     __asm__ volatile("vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t1:\n\t"
@@ -71,16 +82,24 @@ __attribute__((target("avx2"))) static void loop_avx2(long n) {  // 6 int16 sums
                      "decq %0\n\tjnz 1b"
                      : "+r"(n) :: "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm12", "xmm14", "xmm15");
 }
-static double register_gmacs(Isa isa) {  // 0: not measured on this path
-    if (isa == Isa::avx512) return timed(loop_avx512) * 24 * 64 / 1e9;
+static std::vector<double> register_gmacs(Isa isa) {  // empty: not measured on this path
+    std::vector<double> r;
+    double macs = 0;
+    if (isa == Isa::avx512) r = timed(loop_avx512), macs = 24 * 64;
 #if defined(EDGEDF_AVX_VNNI)
-    if (isa == Isa::avxvnni) return timed(loop_avxvnni) * 12 * 32 / 1e9;
+    if (isa == Isa::avxvnni) r = timed(loop_avxvnni), macs = 12 * 32;
 #endif
-    if (isa == Isa::avx2) return timed(loop_avx2) * 6 * 32 / 1e9;
-    return 0;
+    if (isa == Isa::avx2) r = timed(loop_avx2), macs = 6 * 32;
+    for (auto& v : r) v *= macs / 1e9;
+    return r;
+}
+static void print(const std::vector<double>& v) {
+    for (double x : v) printf(" %.1f", x);
+    printf("\n");
 }
 
-int main() {
+int main(int argc, char** argv) {
+    threads = argc > 1 ? atoi(argv[1]) : 1;
     const Isa isa = detect_isa();
     const int64_t M = 1576, task = rows_per_block(isa);
     const int64_t layers[4][2] = {{384, 1152}, {384, 384}, {384, 1536}, {1536, 384}};  // K, N
@@ -102,15 +121,28 @@ int main() {
         macs += double(M) * k * n;
         ls.push_back(std::move(l));
     }
-    double best = 1e9;
+    std::vector<double> gmacs;  // per run
     for (int it = 0; it < 40; ++it) {
         const auto t0 = std::chrono::steady_clock::now();
-        for (auto& l : ls)
-            for (int64_t m0 = 0; m0 < M; m0 += task)
-                gemm(isa, *l.p, l.a.data(), l.s.data(), l.bias.data(), l.y.data(), m0, std::min(M, m0 + task));
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        for (auto& l : ls) {  // the op's scheduling: each thread takes the next row block as it finishes one
+            std::atomic<int64_t> next{0};
+            auto work = [&] {
+                for (int64_t m0; (m0 = next.fetch_add(task)) < M;)
+                    gemm(isa, *l.p, l.a.data(), l.s.data(), l.bias.data(), l.y.data(), m0, std::min(M, m0 + task));
+            };
+            if (threads == 1) {
+                work();
+            } else {
+                std::thread other(work);
+                work();
+                other.join();
+            }
+        }
+        gmacs.push_back(macs / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9);
     }
-    printf("%s %.4f %.1f %.1f\n", isa_name(isa), best * 1e3, macs / best / 1e9, register_gmacs(isa));
+    printf("%s\n", isa_name(isa));
+    print(gmacs);
+    print(register_gmacs(isa));
 }
 """
 # (EDGEDF_TERNARY_ISA, CPU flag)
@@ -146,32 +178,36 @@ def main() -> None:
     args = ap.parse_args()
     flags = set(cpu_info()[1])
     paths = [p for p, flag in PATHS if flag in flags]
+    thread_counts = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
     load_before = os.getloadavg()
-    runs: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
+    gemm: dict[tuple[str, int], list[float]] = {(p, t): [] for p in paths for t in thread_counts}
+    regs: dict[tuple[str, int], list[float]] = {key: [] for key in gemm}
     names = {}
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(Path(tmp), args.source or ov_native.SOURCE)
         for _ in range(3):
-            for p in paths:
+            for p, t in gemm:
                 env = {**os.environ, "EDGEDF_TERNARY_ISA": p}
-                name, *figures = subprocess.run(
-                    [str(exe)], env=env, capture_output=True, text=True, check=True
-                ).stdout.split()
+                out = subprocess.run([str(exe), str(t)], env=env, capture_output=True, text=True, check=True).stdout
+                name, runs, reg = (out.splitlines() + [""])[:3]
                 names[p] = name
-                runs[p].append(tuple(map(float, figures)))
+                gemm[p, t] += map(float, runs.split())
+                regs[p, t] += map(float, reg.split())
     host = host_info()
     rows = [
         {
             "path": names[p],
-            "ms": min(m for m, _, _ in r),
-            "gmac_per_s": max(g for _, g, _ in r),
-            "register_gmac_per_s": max(x for _, _, x in r) or None,
-            "runs_ms": [m for m, _, _ in r],
+            "threads": t,
+            "gmac_per_s_median": round(statistics.median(gemm[p, t]), 1),
+            "gmac_per_s_best": max(gemm[p, t]),
+            "register_gmac_per_s_median": round(statistics.median(regs[p, t]), 1) if regs[p, t] else None,
+            "register_gmac_per_s_best": max(regs[p, t], default=None),
+            "gmac_per_s_quartiles": [round(q, 1) for q in statistics.quantiles(gemm[p, t], n=4)],
         }
-        for p, r in runs.items()
+        for p, t in gemm
     ]
     meta = {
-        "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])}), 1 thread",
+        "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])})",
         "date": time.strftime("%Y-%m-%d"),
         "load_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],
         "openvino": host["backends"].get("openvino"),
@@ -180,21 +216,24 @@ def main() -> None:
         "# Native ternary kernel: the GEMM alone (generated by bench_kernel.py)",
         "",
         f"Machine: {meta['machine']}; {meta['date']}; load average before/after {meta['load_before_after'][0]} / "
-        f"{meta['load_before_after'][1]}. One ViT-S block at batch 8 (M = 1,576, 2.79 GMAC), one thread, in the "
-        "op's row blocks; best of 40 runs in each of 3 interleaved rounds. Register-only: the path's inner-loop "
-        "arithmetic alone (vpdpbusd, or vpmaddubsw and vpaddw on AVX2), no loads, as many independent sums as its "
-        "tile keeps, best of 5 x 3: the most its instructions allow on this core (not measured on AMX).",
+        f"{meta['load_before_after'][1]}. One ViT-S block at batch 8 (M = 1,576, 2.79 GMAC) in the op's row blocks, "
+        "on 1 thread and on 2 (taking row blocks from a shared counter, as the op's threads do); 40 runs in each of "
+        "3 interleaved rounds in fresh processes. Register-only: the path's inner-loop arithmetic alone (vpdpbusd, "
+        "or vpmaddubsw and vpaddw on AVX2), no loads, as many independent sums as its tile keeps, on as many "
+        "threads, 15 runs per round: what its instructions allow on this core (not measured on AMX). On a shared "
+        "VM the best run is a burst, not the rate a model sees: compare medians (a whole model's ternary layers, "
+        "results_profile*.md, run on 2 threads).",
         "",
-        "| path | ms | GMAC/s | register-only GMAC/s | GEMM / register-only | ms per round |",
+        "| path | threads | GMAC/s median (middle half) | best | register-only median (best) "
+        "| GEMM / register-only, medians |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        peak = r["register_gmac_per_s"]
-        of_peak = f"{r['gmac_per_s'] / peak:.0%}" if peak else "-"
-        lines.append(
-            f"| {r['path']} | {r['ms']:.2f} | {r['gmac_per_s']:.0f} | {f'{peak:.0f}' if peak else '-'} | {of_peak} | "
-            f"{', '.join(f'{m:.2f}' for m in r['runs_ms'])} |"
-        )
+        reg, med = r["register_gmac_per_s_median"], r["gmac_per_s_median"]
+        q1, _, q3 = r["gmac_per_s_quartiles"]
+        regs_cells = f"{reg:.0f} ({r['register_gmac_per_s_best']:.0f}) | {med / reg:.0%}" if reg else "- | -"
+        best = r["gmac_per_s_best"]
+        lines.append(f"| {r['path']} | {r['threads']} | {med:.0f} ({q1:.0f}-{q3:.0f}) | {best:.0f} | {regs_cells} |")
     print("\n".join(lines))
     if args.source is None:
         stem = f"results_kernel_{args.tag}" if args.tag else "results_kernel"

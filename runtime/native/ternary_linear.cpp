@@ -482,46 +482,49 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void store_ymm(
     }
 }
 
-// The AVX2 inner loop for 3 rows (n >= 1 steps of 4 k), written out: from intrinsics gcc keeps the six int16 sums
-// in registers but adds into the product's register and moves the sum back, 27 instructions per step instead of 21,
-// which cost the GEMM about 12 % on a Zen 3 (bench_kernel.py: 112 -> 125 GMAC/s on one thread).
-__attribute__((target("avx2"), always_inline)) static inline void steps_avx2_3rows(const int8_t* w, const uint8_t* a,
-                                                                                  int64_t lda, int64_t n,
-                                                                                  __m256i (*acc)[2]) {
-    __m256i c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1], c20 = acc[2][0], c21 = acc[2][1];
-    __m256i w0, w1, b, p0, p1;
+// The AVX2 inner loop for R <= 6 rows (n >= 1 steps of 4 k), written out: 2 sums per row in ymm0-11, the two weight
+// halves in ymm12-13, the broadcast activation group in ymm14 and a product in ymm15 (all 16 registers), so each
+// weight load feeds up to 6 rows. From intrinsics gcc adds into the product's register and moves the sum back (27
+// instructions per step for 3 rows instead of 21). Rows R and up are left out by the assembler (.if), so one loop
+// serves every tile height. On the Zen 3, 6 rows ran a ViT-S 1.06-1.10x as fast as 3 at batch 8 in three A/B runs
+// (ab_native.py, outputs identical; results_ab_zen3_6rows.md has the 40-round one).
+template <int R>
+__attribute__((target("avx2"), always_inline)) static inline void steps_avx2(const int8_t* w, const uint8_t* a,
+                                                                            int64_t lda, int64_t n,
+                                                                            __m256i (*acc16)[2]) {
+    static_assert(R >= 1 && R <= 6, "6 rows of 2 sums fill ymm0-11");
+    const uint8_t* a3 = a + 3 * lda;  // rows 3-5
+#define EDGEDF_ROW(r, addr, s0, s1)                                                                           \
+    ".if " #r " < %c[rows]\n\tvpbroadcastd " addr ", %%ymm14\n\tvpmaddubsw %%ymm12, %%ymm14, %%ymm15\n\t"     \
+    "vpaddw %%ymm15, %%ymm" #s0 ", %%ymm" #s0 "\n\tvpmaddubsw %%ymm13, %%ymm14, %%ymm15\n\t"                 \
+    "vpaddw %%ymm15, %%ymm" #s1 ", %%ymm" #s1 "\n\t.endif\n\t"
     __asm__ volatile(
+        ".irp i,0,1,2,3,4,5,6,7,8,9,10,11\n\t.if \\i < 2 * %c[rows]\n\tvmovdqu 32*\\i(%[acc]), %%ymm\\i\n\t"
+        ".endif\n\t.endr\n\t"
         "1:\n\t"
-        "vmovdqu (%[w]), %[w0]\n\t"
-        "vmovdqu 32(%[w]), %[w1]\n\t"
-        "vpbroadcastd (%[a]), %[b]\n\t"
-        "vpmaddubsw %[w0], %[b], %[p0]\n\t"
-        "vpmaddubsw %[w1], %[b], %[p1]\n\t"
-        "vpaddw %[p0], %[c00], %[c00]\n\t"
-        "vpaddw %[p1], %[c01], %[c01]\n\t"
-        "vpbroadcastd (%[a],%[lda]), %[b]\n\t"
-        "vpmaddubsw %[w0], %[b], %[p0]\n\t"
-        "vpmaddubsw %[w1], %[b], %[p1]\n\t"
-        "vpaddw %[p0], %[c10], %[c10]\n\t"
-        "vpaddw %[p1], %[c11], %[c11]\n\t"
-        "vpbroadcastd (%[a],%[lda],2), %[b]\n\t"
-        "vpmaddubsw %[w0], %[b], %[p0]\n\t"
-        "vpmaddubsw %[w1], %[b], %[p1]\n\t"
-        "vpaddw %[p0], %[c20], %[c20]\n\t"
-        "vpaddw %[p1], %[c21], %[c21]\n\t"
+        "vmovdqu (%[w]), %%ymm12\n\t"
+        "vmovdqu 32(%[w]), %%ymm13\n\t"
+        EDGEDF_ROW(0, "(%[a])", 0, 1)
+        EDGEDF_ROW(1, "(%[a],%[lda])", 2, 3)
+        EDGEDF_ROW(2, "(%[a],%[lda],2)", 4, 5)
+        EDGEDF_ROW(3, "(%[a3])", 6, 7)
+        EDGEDF_ROW(4, "(%[a3],%[lda])", 8, 9)
+        EDGEDF_ROW(5, "(%[a3],%[lda],2)", 10, 11)
         "addq $64, %[w]\n\t"
         "addq $4, %[a]\n\t"
+        "addq $4, %[a3]\n\t"
         "decq %[n]\n\t"
         "jnz 1b\n\t"
-        : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11), [c20] "+x"(c20), [c21] "+x"(c21),
-          [w] "+r"(w), [a] "+r"(a), [n] "+r"(n), [w0] "=&x"(w0), [w1] "=&x"(w1), [b] "=&x"(b), [p0] "=&x"(p0),
-          [p1] "=&x"(p1)
-        : [lda] "r"(lda)
-        : "cc", "memory");
-    acc[0][0] = c00, acc[0][1] = c01, acc[1][0] = c10, acc[1][1] = c11, acc[2][0] = c20, acc[2][1] = c21;
+        ".irp i,0,1,2,3,4,5,6,7,8,9,10,11\n\t.if \\i < 2 * %c[rows]\n\tvmovdqu %%ymm\\i, 32*\\i(%[acc])\n\t"
+        ".endif\n\t.endr"
+        : [w] "+r"(w), [a] "+r"(a), [a3] "+r"(a3), [n] "+r"(n)
+        : [lda] "r"(lda), [acc] "r"(acc16), [rows] "i"(R)
+        : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+          "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+#undef EDGEDF_ROW
 }
 
-// AVX2: MR rows (at most 3: 16 ymm registers) x one 16-column block.
+// AVX2: MR rows (at most 6) x one 16-column block.
 template <int MR>
 __attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const uint8_t* a, const float* rs,
                                                           const float* bias, float* y, int64_t m, int64_t nb) {
@@ -537,20 +540,7 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const Packed& p, const
     constexpr int64_t kSteps16 = 64;  // 64 pair sums of at most 510 fit int16 (32640 <= 32767)
     for (int64_t q0 = 0; q0 < p.k4; q0 += kSteps16) {
         const int64_t q1 = std::min(p.k4, q0 + kSteps16);
-        if constexpr (MR == 3) {
-            steps_avx2_3rows(wb + q0 * kBlock * 4, ar + q0 * 4, lda, q1 - q0, acc16);
-        } else {
-            for (int64_t q = q0; q < q1; ++q) {
-                const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * kBlock * 4));
-                const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * kBlock * 4 + 32));
-#pragma GCC unroll 16
-                for (int r = 0; r < MR; ++r) {
-                    const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ar + r * lda + q * 4));
-                    acc16[r][0] = _mm256_add_epi16(acc16[r][0], _mm256_maddubs_epi16(av, w0));
-                    acc16[r][1] = _mm256_add_epi16(acc16[r][1], _mm256_maddubs_epi16(av, w1));
-                }
-            }
-        }
+        steps_avx2<MR>(wb + q0 * kBlock * 4, ar + q0 * 4, lda, q1 - q0, acc16);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
@@ -678,10 +668,7 @@ static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
         for (int64_t b = nb; b < std::min(nb + 2, p.nb); ++b) tile_avxvnni<MR>(p, a, rs, bias, y, m, b);
 #endif
     } else {
-        // AVX2 has 16 ymm registers: at most 3 rows x 2 halves of int16 sums stay in registers at once
-        constexpr int R = MR % 3 == 0 ? 3 : 1;
-        for (int64_t b = nb; b < std::min(nb + 2, p.nb); ++b)
-            for (int r = 0; r < MR; r += R) tile_avx2<R>(p, a, rs, bias, y, m + r, b);
+        for (int64_t b = nb; b < std::min(nb + 2, p.nb); ++b) tile_avx2<MR>(p, a, rs, bias, y, m, b);
     }
 }
 #endif
