@@ -493,7 +493,7 @@ __attribute__((target("avx2"), always_inline)) static inline void steps_avx2(con
                                                                             int64_t lda, int64_t n,
                                                                             __m256i (*acc16)[2]) {
     static_assert(R >= 1 && R <= 6, "6 rows of 2 sums fill ymm0-11");
-    const uint8_t* a3 = a + 3 * lda;  // rows 3-5
+    const uint8_t* a3 = R > 3 ? a + 3 * lda : a;  // rows 3-5 (not read below 4 rows)
 #define EDGEDF_ROW(r, addr, s0, s1)                                                                           \
     ".if " #r " < %c[rows]\n\tvpbroadcastd " addr ", %%ymm14\n\tvpmaddubsw %%ymm12, %%ymm14, %%ymm15\n\t"     \
     "vpaddw %%ymm15, %%ymm" #s0 ", %%ymm" #s0 "\n\tvpmaddubsw %%ymm13, %%ymm14, %%ymm15\n\t"                 \
