@@ -10,9 +10,10 @@ on one thread and on two, in the row blocks the op quantises and multiplies at o
 elsewhere), codes quantised once beforehand. 40 runs per process, paths and thread counts interleaved over 3
 rounds in fresh processes (EDGEDF_TERNARY_ISA forces each path); the median and the best run. Beside it, the rate
 of the path's inner-loop arithmetic alone on registers (no loads): how close the GEMM runs to what its instructions
-allow on this core. On a shared VM single runs burst well above the rate a model sees (on the Zen 3 of 12-02 one
-thread's runs spread 48-104 GMAC/s, median 59), so the medians are the figures to compare with the ternary layers'
-rate inside a model (results_profile*.md, 2 threads). The whole-model speed-ups are results*.md (bench_export.py).
+allow on this core. On a shared VM single runs burst well above the rate a model sees (on the Zen 3 of 12-02,
+150 one-thread runs: median 59 GMAC/s, 5 % and 95 % points 48 and 97, best 104), so the medians are the figures
+to compare with the ternary layers' rate inside a model (results_profile*.md, 2 threads). The whole-model
+speed-ups are results*.md (bench_export.py).
 """
 
 from __future__ import annotations
@@ -42,18 +43,19 @@ using namespace edgedf;
 // multiply-adds per second its instructions allow on this core, against which the GEMM's rate is read.
 #define EDGEDF_REGS(op) ".irp i," op "\n\t"
 static int threads = 1;  // argv[1]: 1, or 2 (the op's own 2 threads, sharing row blocks)
+template <typename F>
+static void on_threads(const F& f) {  // f on this thread, and at once on a second one where threads == 2
+    if (threads == 1) return f();
+    std::thread other(f);
+    f();
+    other.join();
+}
 static std::vector<double> timed(void (*loop)(long)) {  // loop iterations per second, per run, all threads
     std::vector<double> rates;
     const long n = 2000000;
     for (int r = 0; r < 15; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
-        if (threads == 1) {
-            loop(n);
-        } else {
-            std::thread other(loop, n);
-            loop(n);
-            other.join();
-        }
+        on_threads([&] { loop(n); });
         rates.push_back(threads * n / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     return rates;
@@ -127,17 +129,10 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         for (auto& l : ls) {  // the op's scheduling: each thread takes the next row block as it finishes one
             std::atomic<int64_t> next{0};
-            auto work = [&] {
+            on_threads([&] {
                 for (int64_t m0; (m0 = next.fetch_add(task)) < M;)
                     gemm(isa, *l.p, l.a.data(), l.s.data(), l.bias.data(), l.y.data(), m0, std::min(M, m0 + task));
-            };
-            if (threads == 1) {
-                work();
-            } else {
-                std::thread other(work);
-                work();
-                other.join();
-            }
+            });
         }
         gmacs.push_back(macs / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9);
     }
@@ -190,7 +185,7 @@ def main() -> None:
             for p, t in gemm:
                 env = {**os.environ, "EDGEDF_TERNARY_ISA": p}
                 out = subprocess.run([str(exe), str(t)], env=env, capture_output=True, text=True, check=True).stdout
-                name, runs, reg = (out.splitlines() + [""])[:3]
+                name, runs, reg = out.splitlines()  # reg: empty where not measured
                 names[p] = name
                 gemm[p, t] += map(float, runs.split())
                 regs[p, t] += map(float, reg.split())
