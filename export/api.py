@@ -78,27 +78,39 @@ def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list
     if chosen not in lowering.CHOICES:
         raise EdgedfError(f"unknown lowering {chosen!r}; choose one of {', '.join(lowering.CHOICES)}")
     if chosen == lowering.NATIVE:
-        if profile.backend != "openvino":
-            raise EdgedfError("--lowering native runs in OpenVINO only (target cpu)")
-        from edgedf.runtime.backends import ov_native
-
+        if profile.backend not in ("openvino", "ort"):
+            raise EdgedfError("--lowering native runs in OpenVINO and ONNX Runtime only (targets cpu, ort, rpi, rpi4)")
         try:
-            notes.append(f"native ternary kernel built here, {ov_native.cpu_path(ov_native.extension())} path")
+            notes.append(f"native ternary kernel built here, {_native_path(profile.backend)} path")
         except EdgedfError as e:
             notes.append(f"{e}: verified with the ternary layers in stock ops")
     elif not requested and profile.ternary_lowering_avx2 == lowering.NATIVE:
         from edgedf.devices.bench import cpu_info
-        from edgedf.runtime.backends import ov_native
 
         if "avx2" in cpu_info()[1]:
             try:
-                path = ov_native.cpu_path(ov_native.extension())
+                path = _native_path(profile.backend)
                 notes.append(f"AVX2 on the export machine: target {profile.name} takes the native ternary kernel "
                              f"({path} path)")  # fmt: skip
                 return lowering.NATIVE
             except EdgedfError as e:
                 notes.append(f"{e}: target {profile.name} takes {chosen} (the native kernel is faster, and exact)")
+    elif not requested and profile.name == "ort":
+        from edgedf.devices.bench import cpu_info
+
+        if "avx2" in cpu_info()[1]:
+            notes.append(
+                "for x86 devices, --lowering native runs edgedf's ternary kernel in ONNX Runtime (faster, exact; "
+                "built there on first use); this target's default stays the portable int8-exact"
+            )
     return chosen
+
+
+def _native_path(backend: str) -> str:
+    """The CPU path of edgedf's kernel for this backend, built here if needed (EdgedfError where it cannot be)."""
+    from edgedf.runtime.backends import native_build, ort_native, ov_native
+
+    return native_build.cpu_path(ort_native.library() if backend == "ort" else ov_native.extension())
 
 
 def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:

@@ -14,8 +14,8 @@ TensorRT loader expands to an int8 initializer before the engine build (runtime/
                       (zero point 1, one scale g per block); OpenVINO reads it as u2-compressed weights.
     int8-qdq          TensorRT: static per-tensor activation Q/DQ (scales calibrated on data; TensorRT has
                       no per-token scales) and int8 DequantizeLinear weights holding the exact codes.
-    native            OpenVINO: no rewrite; the canonical node runs in edgedf's own kernel
-                      (runtime/backends/ov_native.py: exact per-token codes, a ternary int8 GEMM).
+    native            OpenVINO and ONNX Runtime: no rewrite; the canonical node runs in edgedf's own kernel
+                      (runtime/backends/ov_native.py, ort_native.py: exact per-token codes, a ternary int8 GEMM).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from edgedf.runtime.errors import EdgedfError
 from .ternary_op import DOMAIN, EPS, attach_functions
 
 LOWERINGS = ("int8-exact", "int8-dynamic", "matmulnbits-2bit", "int8-qdq")  # the rewrites
-NATIVE = "native"  # no rewrite: OpenVINO runs the canonical node in edgedf's kernel
+NATIVE = "native"  # no rewrite: OpenVINO or ONNX Runtime runs the canonical node in edgedf's kernel
 CHOICES = (*LOWERINGS, NATIVE)
 
 

@@ -20,15 +20,17 @@ from .calib import CropSource
 def verification_models(bundle: Bundle) -> dict[str, Path | bytes]:
     """backend -> the model it runs here. ONNX runs on ONNX Runtime and OpenVINO; IR on OpenVINO;
     a TensorRT bundle's ONNX (after the same load-time expansion TensorRT gets) on both as a proxy.
-    OpenVINO gets what its backend loads on a device (openvino.model_for_bundle)."""
-    from edgedf.runtime.backends.openvino import model_for_bundle
+    Each backend gets what it loads on a device (its model_for_bundle): a `native` bundle runs in edgedf's kernel on
+    both where it builds."""
+    from edgedf.runtime.backends import openvino, ort
     from edgedf.runtime.ternary import expand_packed_ternary
 
     entry = bundle.entry
     if entry.suffix == ".xml":
         return {"openvino": entry}
-    ort_model = expand_packed_ternary(entry.read_bytes()) if bundle.backend == "tensorrt" else entry
-    return {"ort": ort_model, "openvino": model_for_bundle(bundle)}
+    if bundle.backend == "tensorrt":
+        return {"ort": expand_packed_ternary(entry.read_bytes()), "openvino": openvino.model_for_bundle(bundle)}
+    return {"ort": ort.model_for_bundle(bundle), "openvino": openvino.model_for_bundle(bundle)}
 
 
 def verify(

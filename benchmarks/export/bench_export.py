@@ -74,6 +74,7 @@ CONFIGS = [
     ("ORT int8-ptq", "fp", "ort", "int8-ptq", None),
     ("ORT int8-qat", "qat", "ort", "int8-qat", None),
     ("ORT ternary (int8-exact, target ort/rpi4)", "bit", "ort", "ternary", None),
+    ("ORT ternary (native kernel, exact codes; target ort --lowering native)", "bit", "ort", "ternary", "native"),
     ("ORT ternary (MatMulNBits 2-bit, target rpi)", "bit", "rpi", "ternary", None),
     ("ORT ternary (static int8 Q/DQ, as TensorRT)", "bit", "ort", "ternary", "int8-qdq"),
     ("OpenVINO fp32", "fp", "cpu", "fp32", None),

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from edgedf.devices.bench import cpu_info, host_info
-from edgedf.runtime.backends import ov_native
+from edgedf.runtime.backends import native_build, ov_native
 
 HERE = Path(__file__).parent
 HARNESS = r"""
@@ -152,9 +152,9 @@ def build(tmp: Path, source: Path) -> Path:
     src = tmp / "harness.cpp"
     src.write_text(HARNESS.replace("SOURCE", json.dumps(str(source.resolve()))))
     exe = tmp / "harness"
-    flags = [f for f in ov_native.FLAGS if f not in ("-shared", "-fPIC")]
+    flags = [f for f in native_build.FLAGS + ov_native.FLAGS if f not in ("-shared", "-fPIC")]
     cmd = [
-        ov_native._compiler() or "g++",
+        native_build.compiler() or "g++",
         *flags,
         f"-I{ov_dir / 'include'}",
         str(src),

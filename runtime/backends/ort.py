@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,22 @@ def available() -> bool:
 
 class OrtSession:
     def __init__(
-        self, model: Path | bytes, threads: int = 0, providers: list[str] | None = None, qdq_as_float: bool = False
+        self,
+        model: Path | bytes,
+        threads: int = 0,
+        providers: list[str] | None = None,
+        qdq_as_float: bool = False,
+        profile: str | None = None,
     ):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        library = getattr(model, "library", None)
+        if library:  # edgedf's TernaryLinear op (ort_native)
+            so.register_custom_ops_library(str(library))
+        if profile:  # ONNX Runtime's per-node profile, written by end_profiling() to PROFILE_<date>.json
+            so.enable_profiling = True
+            so.profile_file_prefix = profile
         if qdq_as_float:  # DequantizeLinear -> float MatMul: exact int8 products, as a GPU's int32 accumulators give
             so.add_session_config_entry("session.disable_quant_qdq", "1")
         if threads:
@@ -46,6 +58,42 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self._sess.run(None, feeds)
+
+    def end_profiling(self) -> str:
+        """Ends a profiled session's profile (see `profile`); returns the JSON file's path."""
+        return self._sess.end_profiling()
+
+
+class NativeModel(bytes):
+    """The canonical ONNX of a `native` bundle, with the op library that runs its TernaryLinear nodes."""
+
+    library: Path
+
+
+def model_for_bundle(bundle) -> Path | bytes:
+    """A bundle's ONNX as it is, except `native` (the canonical graph): its TernaryLinear nodes run in edgedf's kernel
+    (ort_native), built on first use; where it cannot be built, ONNX Runtime runs the ONNX function each node
+    carries (stock float ops, the same codes, slower), with one line on stderr saying why."""
+    if bundle.manifest.get("lowering") != "native":
+        return bundle.entry
+    from . import ort_native
+
+    try:
+        model = NativeModel(bundle.entry.read_bytes())
+        model.library = ort_native.library()
+        return model
+    except EdgedfError as e:
+        _warn_once(f"edgedf: {e}; running the ternary layers as their ONNX functions (stock float ops)")
+        return bundle.entry
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        print(msg, file=sys.stderr)
 
 
 def open(model: Path | bytes, options) -> OrtSession:  # noqa: A001 - the backend interface's name

@@ -1,7 +1,8 @@
 """edgedf's native `edgedf::TernaryLinear` kernel for OpenVINO (runtime/native/ternary_linear.cpp).
 
 OpenVINO's wheel ships its C++ headers and libraries, so the kernel is compiled here against the installed
-OpenVINO on first use (a few seconds with g++), once per OpenVINO version and kernel source, into a cache:
+OpenVINO on first use (a few seconds with g++), once per OpenVINO version and kernel source (native_build.py), into
+a cache:
 
     $EDGEDF_CACHE_DIR/ov_ext/  (default ~/.cache/edgedf/ov_ext/)
     python -m edgedf.runtime.backends.ov_native       # build now; prints the library and the CPU path it uses
@@ -15,40 +16,19 @@ expands each TernaryLinear into the same arithmetic in stock ops (about fp32 spe
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
 from ..errors import EdgedfError
+from . import native_build
+from .native_build import cpu_path  # noqa: F401 - part of this module's interface
 
-SOURCE = Path(__file__).resolve().parent.parent / "native" / "ternary_linear.cpp"
-# -ffp-contract=off: no fused multiply-adds, so the epilogue rounds as the tests' float32 reference does.
-# -fvisibility=hidden: only the two entry points are exported (create_extensions, edgedf_ternary_isa). Otherwise a
-# function-local static such as the chosen CPU path is a GNU unique symbol, which the dynamic linker shares between
-# two builds loaded in one process (ab_native.py): the second ran the first one's path number, read in its own enum.
-FLAGS = [
-    "-O3",
-    "-std=c++17",
-    "-shared",
-    "-fPIC",
-    "-fvisibility=hidden",
-    "-fvisibility-inlines-hidden",
-    "-ffp-contract=off",
-    "-DOV_THREAD=OV_THREAD_TBB",
-]
+SOURCE = native_build.NATIVE / "ternary_linear.cpp"
+FLAGS = ["-DOV_THREAD=OV_THREAD_TBB"]  # beside native_build.FLAGS
 # the OpenVINO libraries the extension links: the core, the ONNX frontend (for the conversion rule), TBB
 LIBS = ("libopenvino.so", "libopenvino_onnx_frontend.so", "libtbb.so")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("EDGEDF_CACHE_DIR") or Path.home() / ".cache" / "edgedf"
-    return Path(root) / "ov_ext"
 
 
 def _openvino() -> tuple[str, Path]:
@@ -59,17 +39,9 @@ def _openvino() -> tuple[str, Path]:
     return openvino.__version__, Path(openvino.__file__).parent
 
 
-def _compiler() -> str | None:
-    for cxx in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if cxx and shutil.which(cxx):
-            return cxx
-    return None
-
-
 def library_path(source: Path | None = None) -> Path:
     version, _ = _openvino()
-    key = hashlib.sha256((source or SOURCE).read_bytes() + " ".join([version, *FLAGS]).encode()).hexdigest()[:16]
-    return cache_dir() / f"libedgedf_ternary-{key}.so"
+    return native_build.library_path("ov_ext", "libedgedf_ternary", source or SOURCE, version, *FLAGS)
 
 
 def build(force: bool = False, source: Path | None = None) -> Path:
@@ -79,11 +51,6 @@ def build(force: bool = False, source: Path | None = None) -> Path:
     out = library_path(source)
     if out.exists() and not force:
         return out
-    if not sys.platform.startswith("linux"):
-        raise EdgedfError(f"the native ternary kernel builds on Linux only (this is {sys.platform})")
-    cxx = _compiler()
-    if cxx is None:
-        raise EdgedfError("no C++ compiler found to build the native ternary kernel (install g++, or set CXX)")
     _, ov_dir = _openvino()
     libs_dir, include = ov_dir / "libs", ov_dir / "include"
     if not (include / "openvino" / "core" / "op_extension.hpp").exists():
@@ -94,20 +61,8 @@ def build(force: bool = False, source: Path | None = None) -> Path:
         if not found:
             raise EdgedfError(f"{name} not found in {libs_dir}; cannot build the native ternary kernel")
         link.append(f"-l:{found[0].name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
-    os.close(fd)
-    cmd = [cxx, *FLAGS, f"-I{include}", str(source), "-o", tmp, f"-L{libs_dir}", *link, f"-Wl,-rpath,{libs_dir}"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:200])
-            raise EdgedfError(f"building the native ternary kernel failed ({cxx}): {first}")
-        os.replace(tmp, out)  # atomic: a concurrent build or a crash never leaves a half-written library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    args = [*FLAGS, f"-I{include}", f"-L{libs_dir}", *link, f"-Wl,-rpath,{libs_dir}"]
+    return native_build.compile_library(out, source, args, "the native ternary kernel")
 
 
 @cache
@@ -116,13 +71,6 @@ def extension() -> Path:
     if os.environ.get("EDGEDF_NATIVE", "1") == "0":
         raise EdgedfError("the native ternary kernel is switched off (EDGEDF_NATIVE=0)")
     return build()
-
-
-def cpu_path(lib: Path) -> str:
-    """Which kernel the library runs on this CPU: amx-int8, avx512-vnni, avx-vnni, avx2 or scalar."""
-    fn = ctypes.CDLL(str(lib)).edgedf_ternary_isa
-    fn.restype = ctypes.c_char_p
-    return fn().decode()
 
 
 def main(argv: list[str] | None = None) -> int:

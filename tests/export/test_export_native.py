@@ -11,8 +11,9 @@ import torch
 
 from edgedf.export import api as export_api
 from edgedf.export.api import ExportOptions, export_bundle
-from edgedf.runtime.backends import BackendOptions, open_classifier, open_session, ov_native
+from edgedf.runtime.backends import BackendOptions, open_classifier, open_session, ort_native, ov_native
 from edgedf.runtime.backends import openvino as ov_backend
+from edgedf.runtime.backends import ort as ort_backend
 from edgedf.runtime.bundle import load_bundle
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.ternary import EPS, expand_ternary_linear
@@ -77,6 +78,30 @@ def test_native_bundle_without_the_kernel_still_runs(checkpoints, tmp_path, nati
     assert "no C++ compiler" in capsys.readouterr().err
 
 
+def test_ort_native_bundle_runs_edgedfs_op_in_onnx_runtime(checkpoints, tmp_path, ort_native_lib, monkeypatch, capsys):
+    path, m = export_bundle(checkpoints["bit"], ExportOptions(target="ort", out=tmp_path / "n", lowering="native"))
+    assert m["entry"] == "model.onnx" and m["lowering"] == "native" and m["backend"] == "ort"
+    assert m["calibration"]["needed"] is False and not m["deviations"]
+    assert any("native ternary kernel built here" in n for n in m["notes"])
+    r = m["parity"]["backends"]["ort"]  # verified as the device runs it: with the op library
+    assert r["decisive_agreement"] >= 0.995 and r["max_abs_dp"] < 0.05
+    bundle = load_bundle(path)
+    model = ort_backend.model_for_bundle(bundle)
+    assert model.library == ort_native_lib
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    native = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)
+
+    # where the op cannot be built: ONNX Runtime runs the ONNX functions the canonical file carries, one line says why
+    def no_kernel():
+        raise EdgedfError("no C++ compiler found to build the native ternary kernel for ONNX Runtime")
+
+    monkeypatch.setattr(ort_native, "library", no_kernel)
+    assert ort_backend.model_for_bundle(bundle) == bundle.entry
+    assert "no C++ compiler found" in capsys.readouterr().err
+    stock = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)
+    assert np.allclose(stock, native, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "flags, expected",
     [
@@ -97,8 +122,8 @@ def test_cpu_target_takes_the_native_kernel_on_avx2(checkpoints, native_kernel, 
     assert export_api._ternary_lowering(get_profile("cpu"), None, notes) == expected
     assert ("takes the native ternary kernel" in " ".join(notes)) == (expected == "native")
     assert export_api._ternary_lowering(get_profile("cpu"), "int8-qdq", []) == "int8-qdq"  # asked for: kept
-    with pytest.raises(EdgedfError, match="OpenVINO only"):
-        export_api._ternary_lowering(get_profile("ort"), "native", [])
+    with pytest.raises(EdgedfError, match="OpenVINO and ONNX Runtime only"):
+        export_api._ternary_lowering(get_profile("jetson"), "native", [])
 
     def no_kernel():
         raise EdgedfError("no C++ compiler found to build the native ternary kernel")

@@ -13,8 +13,8 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
 from edgedf.devices.bench import cpu_info
+from edgedf.runtime.backends import native_build, ov_native
 from edgedf.runtime.backends import openvino as ov_backend
-from edgedf.runtime.backends import ov_native
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.ternary import EPS, expand_ternary_linear
 
@@ -593,11 +593,11 @@ def test_invalid_packed_weights_are_refused(native_kernel):
 
 def test_build_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEDF_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(ov_native, "_compiler", lambda: None)
+    monkeypatch.setattr(native_build, "compiler", lambda: None)
     with pytest.raises(EdgedfError, match=r"no C\+\+ compiler"):
         ov_native.build()
     assert not list(tmp_path.rglob("*.so*"))  # nothing half-written
-    monkeypatch.setattr(ov_native, "_compiler", lambda: "g++")
+    monkeypatch.setattr(native_build, "compiler", lambda: "g++")
     monkeypatch.setattr(ov_native, "SOURCE", tmp_path / "broken.cpp")
     (tmp_path / "broken.cpp").write_text("this is not C++\n")
     with pytest.raises(EdgedfError, match="building the native ternary kernel failed") as e:

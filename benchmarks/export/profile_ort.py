@@ -1,0 +1,210 @@
+"""Where a ViT-S's time goes on ONNX Runtime: fp32, the int8-exact ternary lowering (stock ops) and edgedf's op.
+
+    python benchmarks/export/profile_ort.py              # writes results_profile_ort.md / .json beside this file
+    python benchmarks/export/profile_ort.py --tag zen3   # ... results_profile_ort_zen3.*: another machine's
+
+Exports a random-initialised ViT-S at 224 px three times with `edgedf export`'s own code (target ort: fp32; ternary
+with the `int8-exact` lowering; ternary with `native`, edgedf's kernel as an ONNX Runtime op), opens each as the
+runtime does (runtime/backends/ort.py: 2 threads, all graph optimisations) with ONNX Runtime's profiler on, times
+batch 8 and sums each node's kernel time by what it does:
+
+    linears            fp32: MatMul with a weight initializer; int8-exact: MatMulIntegerToFloat (int8 x ternary);
+                       native: edgedf's TernaryLinear op (codes, GEMM and epilogue in one; runtime/native)
+    linear bias        fp32: the Add of a linear's bias (ternary: in the epilogue below)
+    per-token quantise int8-exact: Abs, ReduceMax, Max, 127 / absmax, x * s, QuantizeLinear (the lowering's nodes)
+    epilogue           int8-exact: / s per token, + bias
+    BitLinear norm     ternary: the RMSNorm in front of every BitLinear (SimplifiedLayerNormalization, fused)
+    the rest           all: attention, GELU, residual adds, LayerNorm, the patch embedding
+
+ONNX Runtime runs a graph's nodes one after another on this path, so the kernel times add up to about the wall
+time. From the int8-exact column it then works out the ceiling of any stock-op lowering with these kernels: the
+speed against fp32 if the per-token quantise, the epilogue, or both cost nothing (the GEMM, the norm and the
+rest kept as measured). The int8 codes must stay exactly PyTorch's, which is what keeps those nodes; edgedf's op
+computes the same codes inside its GEMM's pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from bench_export import make_checkpoints  # this folder's export benchmark
+
+HERE = Path(__file__).parent
+PRESET, BATCH, THREADS = "vit_small", 8, 2
+COLUMNS = (
+    ("fp32", "fp", "fp32", None),
+    ("int8-exact", "bit", "ternary", "int8-exact"),
+    ("native", "bit", "ternary", "native"),
+)
+CATEGORIES = ("linears", "linear bias", "per-token quantise", "epilogue", "BitLinear norm", "the rest")
+QUANTISE_OPS = {"Abs", "ReduceMax", "Max", "Mul", "Div", "QuantizeLinear"}
+
+
+def categorise(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> category, read off the exported graph (ONNX Runtime keeps the names of nodes it does not
+    fuse; what it fuses gets new names and is classed by its fused op type in `category`)."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    out: dict[str, str] = {}
+    for n in g.node:
+        if n.op_type == "MatMul" and n.input[1] in inits:
+            out[n.name] = "linears"
+        elif n.op_type in ("MatMulIntegerToFloat", "TernaryLinear"):
+            out[n.name] = "linears"
+    for n in g.node:
+        src = [producer.get(i) for i in n.input]
+        if n.op_type == "Add" and any(s is not None and out.get(s.name) == "linears" for s in src):
+            if any(i in inits for i in n.input):
+                out[n.name] = "linear bias"
+        if "__l" not in n.name:  # the lowering's own nodes (export/lowering.py names them base__lN)
+            continue
+        if n.op_type == "Div" and src[0] is not None and src[0].op_type == "MatMulIntegerToFloat":
+            out[n.name] = "epilogue"
+        elif n.op_type == "Add" and src[0] is not None and out.get(src[0].name) == "epilogue":
+            out[n.name] = "epilogue"
+        elif n.op_type in QUANTISE_OPS:
+            out[n.name] = "per-token quantise"
+    return out
+
+
+def category(names: dict[str, str], node: str, op: str) -> str:
+    if node in names:
+        return names[node]
+    return "BitLinear norm" if op == "SimplifiedLayerNormalization" else "the rest"
+
+
+def profile(bundle: Path, runs: int, tmp: Path) -> dict:
+    import onnxruntime as ort
+
+    from edgedf.runtime.backends.ort import OrtSession, model_for_bundle
+    from edgedf.runtime.bundle import load_bundle
+
+    names = categorise(onnx.load(str(bundle / "model.onnx")))
+    model = model_for_bundle(load_bundle(bundle))  # as the runtime loads it: `native` with edgedf's op library
+    sess = OrtSession(model, threads=THREADS, profile=str(tmp / bundle.name))
+    x = np.random.default_rng(0).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
+    feeds = {sess.input_names[0]: x}
+    for _ in range(3):
+        sess.run(feeds)
+    wall = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(feeds)
+        wall.append((time.perf_counter() - t0) * 1000)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    # per run: the kernel time of each category (the profile also holds the 3 warm-up runs: drop them)
+    per_run: list[dict[str, float]] = []
+    ops: dict[str, set] = defaultdict(set)
+    for e in events:
+        if e.get("cat") == "Session" and e["name"] == "model_run":
+            per_run.append(defaultdict(float))
+        elif e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and per_run:
+            node, op = e["name"][: -len("_kernel_time")], e["args"]["op_name"]
+            c = category(names, node, op)
+            per_run[-1][c] += e["dur"] / 1000
+            ops[c].add(op)
+    per_run = per_run[-runs:]
+    return {
+        "ort": ort.__version__,
+        "wall_ms_per_img": statistics.median(wall) / BATCH,
+        "per_category_ms_per_img": {c: statistics.median(r.get(c, 0.0) for r in per_run) / BATCH for c in CATEGORIES},
+        "ops": {c: sorted(v) for c, v in ops.items()},
+    }
+
+
+def bounds(fp: dict, tern: dict) -> dict[str, float]:
+    """Ternary's speed against fp32 (wall) with some of its own categories at zero, the rest as measured."""
+    cat, wall = tern["per_category_ms_per_img"], tern["wall_ms_per_img"]
+    cases = {
+        "as measured": (),
+        "per-token quantise free": ("per-token quantise",),
+        "epilogue free": ("epilogue",),
+        "both free": ("per-token quantise", "epilogue"),
+        "both and the BitLinear norm free": ("per-token quantise", "epilogue", "BitLinear norm"),
+    }
+    return {k: fp["wall_ms_per_img"] / (wall - sum(cat[c] for c in cs)) for k, cs in cases.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--tag", help="write results_profile_ort_TAG.*: another machine's results beside these")
+    args = ap.parse_args()
+    from edgedf.devices.bench import host_info
+    from edgedf.export.api import ExportOptions, export_bundle
+
+    host = host_info()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        cks = make_checkpoints(PRESET, tmp)
+        results = {}
+        for name, kind, precision, lowering in COLUMNS:
+            out = tmp / name
+            opts = ExportOptions(target="ort", precision=precision, out=out, lowering=lowering, verify_n=16)
+            export_bundle(cks[kind], opts)
+            results[name] = profile(out, args.runs, tmp)
+            print(f"{name}: {results[name]['wall_ms_per_img']:.1f} ms/img", flush=True)
+    meta = {
+        "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])}), {THREADS} threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "onnxruntime": results["fp32"]["ort"],
+        "load_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "runs": args.runs,
+    }
+    ceiling = bounds(results["fp32"], results["int8-exact"])
+    stem = f"results_profile_ort_{args.tag}" if args.tag else "results_profile_ort"
+    doc = {"meta": meta, "results": results, "speed_vs_fp32": ceiling}
+    (HERE / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_markdown(doc, HERE / f"{stem}.md")
+
+
+def write_markdown(doc: dict, out: Path) -> None:
+    meta, res, ceiling = doc["meta"], doc["results"], doc["speed_vs_fp32"]
+    names = [name for name, *_ in COLUMNS]
+    fp = res["fp32"]["wall_ms_per_img"]
+    walls = ", ".join(
+        f"{n} {res[n]['wall_ms_per_img']:.1f}" + (f" ({fp / res[n]['wall_ms_per_img']:.2f}x)" if n != "fp32" else "")
+        for n in names
+    )
+    lines = [
+        "# Where a ViT-S's time goes on ONNX Runtime: fp32, int8-exact and native (generated by profile_ort.py)",
+        "",
+        f"Machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}; {meta['date']}; load average before/after "
+        f"{meta['load_before_after'][0]} / {meta['load_before_after'][1]}. Random-initialised ViT-S, 224 px, batch "
+        f"{BATCH}, target `ort`, sessions as the runtime opens them; ONNX Runtime's profiler on, median of "
+        f"{meta['runs']} runs after 3 warm-up, per image. Categories: see the script's docstring.",
+        "",
+        f"Wall time, ms/img: {walls}.",
+        "",
+        "| what | " + " | ".join(f"{n} ms/img" for n in names) + " | ONNX Runtime ops (ternary) |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for c in CATEGORIES:
+        ops = sorted({o for n in names[1:] for o in res[n]["ops"].get(c, [])}) or res["fp32"]["ops"].get(c, [])
+        cells = " | ".join(f"{res[n]['per_category_ms_per_img'][c]:.2f}" for n in names)
+        lines.append(f"| {c} | {cells} | {', '.join(ops)} |")
+    lines += [
+        "",
+        "The ceiling of a stock-op lowering: int8-exact's speed against fp32 (wall) with some of its own work "
+        "taken out and the rest as measured.",
+        "",
+        "| int8-exact with | speed vs fp32 |",
+        "|---|---|",
+        *(f"| {k} | {v:.2f}x |" for k, v in ceiling.items()),
+    ]
+    out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
