@@ -121,10 +121,11 @@ PROFILES: dict[str, TargetProfile] = {
             default_bit="ternary",
             threads=0,
             imgsz=None,
-            ternary_lowering="int8-exact",
-            why="On x86 AVX2 without VNNI int8 GEMM is what buys speed (2-bit MatMulNBits ran 1.13-1.50x of fp32 "
-            "time, MEASUREMENTS.md). MatMulInteger over BitNet's per-token int8 codes keeps its exact arithmetic "
-            "at the speed of DynamicQuantizeMatMul, whose per-tensor activations flipped decisions.",
+            ternary_lowering="native",
+            why="The canonical graph: on x86-64 Linux with AVX2 its TernaryLinear nodes run in edgedf's kernel, "
+            "registered with ONNX Runtime on the device (built there on first use); anywhere else ONNX Runtime runs "
+            "the ONNX function each node carries, BitNet's exact integer arithmetic fused into MatMulIntegerToFloat "
+            "(what `int8-exact` writes; 2-bit MatMulNBits ran 1.13-1.50x of fp32 time on AVX2, MEASUREMENTS.md).",
         ),
     )
 }

@@ -95,14 +95,6 @@ def _ternary_lowering(profile: TargetProfile, requested: str | None, notes: list
                 return lowering.NATIVE
             except EdgedfError as e:
                 notes.append(f"{e}: target {profile.name} takes {chosen} (the native kernel is faster, and exact)")
-    elif not requested and profile.name == "ort":
-        from edgedf.devices.bench import cpu_info
-
-        if "avx2" in cpu_info()[1]:
-            notes.append(
-                "for x86 devices, --lowering native runs edgedf's ternary kernel in ONNX Runtime (faster, exact; "
-                "built there on first use); this target's default stays the portable int8-exact"
-            )
     return chosen
 
 

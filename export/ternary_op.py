@@ -9,10 +9,10 @@
     y = (Clip(Round(x * s), -128, 127) / s) @ (c * g)^T + bias,   s = 127 / max(max|x| over K, 1e-5)
 
 It is exported from torch as a custom op (torch.library) with a registered ONNX schema, so the node
-stays one node; the FunctionProto added to the model gives its reference semantics in standard ops
-(opset 18), so ONNX Runtime runs the canonical file as the reference. `edgedf::UnpackTernary` (packed ->
-int8 codes [K, N], transposed for MatMul) is the companion op the lowering passes use to keep weights
-2-bit on disk while the backend computes in int8.
+stays one node; the FunctionProto added to the model gives its semantics in standard ops (opset 18:
+BitNet's integer arithmetic, exact int32 sums of the int8 codes), so ONNX Runtime runs the canonical file
+as it is. `edgedf::UnpackTernary` (packed -> int8 codes [K, N], transposed for MatMul) is the companion op
+the function and the lowering passes use to keep weights 2-bit on disk while the backend computes in int8.
 """
 
 from __future__ import annotations
@@ -81,11 +81,19 @@ def UnpackTernary(w_packed: UINT8) -> INT8:
 
 @onnxscript.script(edgedf_opset, default_opset=op)
 def TernaryLinear(x: FLOAT, w_packed: UINT8, w_scale: FLOAT, bias: FLOAT) -> FLOAT:
-    w_t = op.Mul(op.Cast(UnpackTernary(w_packed), to=1), w_scale)  # [K, N] = (c * g)^T
+    # BitNet's integer arithmetic, as export/lowering.py's int8-exact writes it: the codes + 128 as uint8 in one
+    # QuantizeLinear (Round half to even, saturating: the Clip), an exact int32 MatMulInteger with the ternary codes,
+    # then * g, / s per token, + bias. ONNX Runtime fuses MatMulInteger -> Cast -> Mul(Mul(a, g)) into its
+    # MatMulIntegerToFloat, so where edgedf's own op is not registered the canonical file runs at int8 speed. The
+    # fusion looks for that inner Mul, which constant folding would take away with a = 1 as a constant: a is 1
+    # computed from x's size at run time.
     amax = op.Max(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1), op.Constant(value_float=EPS))
     s = op.Div(op.Constant(value_float=127.0), amax)
-    x_q = op.Div(op.Clip(op.Round(op.Mul(x, s)), op.Constant(value_float=-128.0), op.Constant(value_float=127.0)), s)
-    return op.Add(op.MatMul(x_q, w_t), bias)
+    zero_point = op.Constant(value=oh.make_tensor("zp", TensorProto.UINT8, [], [128]))
+    q = op.QuantizeLinear(op.Mul(x, s), op.Constant(value_float=1.0), zero_point)
+    acc = op.Cast(op.MatMulInteger(q, UnpackTernary(w_packed), zero_point), to=1)
+    one = op.Cast(op.Greater(op.Size(x), op.Constant(value_int=-1)), to=1)
+    return op.Add(op.Div(op.Mul(acc, op.Mul(one, w_scale)), s), bias)
 
 
 def function_protos() -> list[onnx.FunctionProto]:

@@ -3,10 +3,11 @@
     python benchmarks/export/profile_ort.py              # writes results_profile_ort.md / .json beside this file
     python benchmarks/export/profile_ort.py --tag zen3   # ... results_profile_ort_zen3.*: another machine's
 
-Exports a random-initialised ViT-S at 224 px three times with `edgedf export`'s own code (target ort: fp32; ternary
-with the `int8-exact` lowering; ternary with `native`, edgedf's kernel as an ONNX Runtime op), opens each as the
-runtime does (runtime/backends/ort.py: 2 threads, all graph optimisations) with ONNX Runtime's profiler on, times
-batch 8 and sums each node's kernel time by what it does:
+Exports a random-initialised ViT-S at 224 px three times with `edgedf export`'s own code, target ort: fp32; ternary
+with the `int8-exact` lowering; ternary with `native` (the target's default), run with edgedf's op registered and
+again without it (its ONNX functions, as where the op cannot be built). Opens each as the runtime does
+(runtime/backends/ort.py: 2 threads, all graph optimisations) with ONNX Runtime's profiler on, times batch 8 and
+sums each node's kernel time by what it does:
 
     linears            fp32: MatMul with a weight initializer; int8-exact: MatMulIntegerToFloat (int8 x ternary);
                        native: edgedf's TernaryLinear op (codes, GEMM and epilogue in one; runtime/native)
@@ -40,10 +41,12 @@ from bench_export import make_checkpoints  # this folder's export benchmark
 
 HERE = Path(__file__).parent
 PRESET, BATCH, THREADS = "vit_small", 8, 2
+# (column, checkpoint kind, precision, lowering, edgedf's op registered)
 COLUMNS = (
-    ("fp32", "fp", "fp32", None),
-    ("int8-exact", "bit", "ternary", "int8-exact"),
-    ("native", "bit", "ternary", "native"),
+    ("fp32", "fp", "fp32", None, False),
+    ("int8-exact", "bit", "ternary", "int8-exact", False),
+    ("native", "bit", "ternary", "native", True),
+    ("native, no op", "bit", "ternary", "native", False),  # where the op cannot be built: the ONNX functions
 )
 CATEGORIES = ("linears", "linear bias", "per-token quantise", "epilogue", "BitLinear norm", "the rest")
 QUANTISE_OPS = {"Abs", "ReduceMax", "Max", "Mul", "Div", "QuantizeLinear"}
@@ -83,15 +86,16 @@ def category(names: dict[str, str], node: str, op: str) -> str:
     return "BitLinear norm" if op == "SimplifiedLayerNormalization" else "the rest"
 
 
-def profile(bundle: Path, runs: int, tmp: Path) -> dict:
+def profile(bundle: Path, runs: int, tmp: Path, with_op: bool) -> dict:
     import onnxruntime as ort
 
     from edgedf.runtime.backends.ort import OrtSession, model_for_bundle
     from edgedf.runtime.bundle import load_bundle
 
     names = categorise(onnx.load(str(bundle / "model.onnx")))
-    model = model_for_bundle(load_bundle(bundle))  # as the runtime loads it: `native` with edgedf's op library
-    sess = OrtSession(model, threads=THREADS, profile=str(tmp / bundle.name))
+    # as the runtime loads it: `native` with edgedf's op library, unless the column is without it
+    model = model_for_bundle(load_bundle(bundle)) if with_op else bundle / "model.onnx"
+    sess = OrtSession(model, threads=THREADS, profile=str(tmp / "profile"))
     x = np.random.default_rng(0).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
     feeds = {sess.input_names[0]: x}
     for _ in range(3):
@@ -149,11 +153,12 @@ def main() -> None:
         tmp = Path(tmp_s)
         cks = make_checkpoints(PRESET, tmp)
         results = {}
-        for name, kind, precision, lowering in COLUMNS:
-            out = tmp / name
-            opts = ExportOptions(target="ort", precision=precision, out=out, lowering=lowering, verify_n=16)
-            export_bundle(cks[kind], opts)
-            results[name] = profile(out, args.runs, tmp)
+        for name, kind, precision, lowering, with_op in COLUMNS:
+            out = tmp / f"{kind}-{precision}-{lowering}"
+            if not out.exists():
+                opts = ExportOptions(target="ort", precision=precision, out=out, lowering=lowering, verify_n=16)
+                export_bundle(cks[kind], opts)
+            results[name] = profile(out, args.runs, tmp, with_op)
             print(f"{name}: {results[name]['wall_ms_per_img']:.1f} ms/img", flush=True)
     meta = {
         "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])}), {THREADS} threads",

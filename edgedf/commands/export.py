@@ -29,7 +29,12 @@ def register(app: typer.Typer) -> None:
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip (and do not gate on) verification."),
         verify_n: int = typer.Option(256, "--verify-n", help="Crops used for verification."),
         calib_n: int = typer.Option(256, "--calib-n", help="Crops used for calibration."),
-        lowering: str | None = typer.Option(None, "--lowering", help="Override the target's ternary lowering."),
+        lowering: str | None = typer.Option(
+            None,
+            "--lowering",
+            help="Override the target's ternary lowering: int8-exact, int8-dynamic, matmulnbits-2bit, int8-qdq, or "
+            "native (edgedf's own kernel, built on the device; OpenVINO and ONNX Runtime targets).",
+        ),
         note: list[str] = typer.Option([], "--note", help="A note for the manifest (repeatable): what this is."),
         threshold_data: list[Path] = typer.Option(
             [], "--threshold-data", help="Crops folder(s) whose real dev crops calibrate the threshold (repeatable)."

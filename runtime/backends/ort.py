@@ -72,8 +72,8 @@ class NativeModel(bytes):
 
 def model_for_bundle(bundle) -> Path | bytes:
     """A bundle's ONNX as it is, except `native` (the canonical graph): its TernaryLinear nodes run in edgedf's kernel
-    (ort_native), built on first use; where it cannot be built, ONNX Runtime runs the ONNX function each node
-    carries (stock float ops, the same codes, slower), with one line on stderr saying why."""
+    (ort_native), built on first use; where it cannot be built or would not pay, ONNX Runtime runs the ONNX function
+    each node carries (int8 stock ops: the same codes, int8-exact's speed), with one line on stderr saying why."""
     if bundle.manifest.get("lowering") != "native":
         return bundle.entry
     from . import ort_native
@@ -83,7 +83,7 @@ def model_for_bundle(bundle) -> Path | bytes:
         model.library = ort_native.library()
         return model
     except EdgedfError as e:
-        _warn_once(f"edgedf: {e}; running the ternary layers as their ONNX functions (stock float ops)")
+        _warn_once(f"edgedf: {e}; the ternary layers run in ONNX Runtime's own int8 kernels")
         return bundle.entry
 
 

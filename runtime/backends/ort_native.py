@@ -9,14 +9,16 @@ once per kernel source, into a cache, and registered with each ONNX Runtime sess
 
 The kernel is the OpenVINO op's (ternary_core.hpp): BitNet's per-token int8 codes exactly, a ternary GEMM on the
 CPU's best path (AMX, AVX-512 VNNI, AVX-VNNI, AVX2, scalar). Where it cannot be built (no C++ compiler, not Linux)
-or is switched off (EDGEDF_NATIVE=0), a `native` bundle still runs: ONNX Runtime runs each TernaryLinear as the
-ONNX function the bundle carries (its arithmetic in stock float ops, the same codes; slower than `int8-exact`).
+or is switched off (EDGEDF_NATIVE=0), and on CPUs where it would not pay (not x86-64, no AVX2), a `native` bundle
+still runs: ONNX Runtime runs each TernaryLinear as the ONNX function the bundle carries, BitNet's integer arithmetic
+in stock ops, which its optimiser fuses into what the `int8-exact` lowering writes (the same codes, its speed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import sys
 from functools import cache
 from pathlib import Path
@@ -52,12 +54,18 @@ def _ort_version() -> tuple[int, int]:
 
 @cache
 def library() -> Path:
-    """The op library for this process (built once). Set EDGEDF_NATIVE=0 to never use it."""
+    """The op library for this process (built once), where it beats ONNX Runtime's own int8 kernels: x86-64 with
+    AVX2 (its scalar path would not). Set EDGEDF_NATIVE=0 to never use it."""
     if os.environ.get("EDGEDF_NATIVE", "1") == "0":
         raise EdgedfError("the native ternary kernel is switched off (EDGEDF_NATIVE=0)")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise EdgedfError(f"the native ternary kernel is for x86-64 CPUs (this is {platform.machine()})")
     if _ort_version() < MIN_ORT:
         raise EdgedfError(f"the native ternary kernel needs ONNX Runtime {'.'.join(map(str, MIN_ORT))} or later")
-    return build()
+    lib = build()
+    if cpu_path(lib) == "scalar" and "EDGEDF_TERNARY_ISA" not in os.environ:
+        raise EdgedfError("the native ternary kernel needs AVX2, which this CPU does not have")
+    return lib
 
 
 def main(argv: list[str] | None = None) -> int:

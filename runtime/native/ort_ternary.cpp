@@ -62,22 +62,19 @@ Isa active_isa() {
     return isa;
 }
 
-struct Job {
-    const OrtKernelContext* ctx;
-    const std::function<void()>* worker;
-};
 
 OrtStatus* compute(Kernel& kernel, OrtKernelContext* ctx) {
     const OrtValue *x = nullptr, *w = nullptr, *g = nullptr, *b = nullptr;
     for (auto [i, v] : {std::pair<size_t, const OrtValue**>{0, &x}, {1, &w}, {2, &g}, {3, &b}})
         if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, i, v)) return st;
-    Shape xs, ws, bs;
-    for (auto [v, s] : {std::pair<const OrtValue*, Shape*>{x, &xs}, {w, &ws}, {b, &bs}})
+    Shape xs, ws, gs, bs;
+    for (auto [v, s] : {std::pair<const OrtValue*, Shape*>{x, &xs}, {w, &ws}, {g, &gs}, {b, &bs}})
         if (OrtStatus* st = shape_of(v, *s)) return st;
     if (xs.dims.empty() || ws.dims.size() != 2) return fail("TernaryLinear takes x [..., K] and w_packed [N, K/4]");
     const int64_t k = xs.dims.back(), n = ws.dims[0];
     if (ws.dims[1] != (k + 3) / 4) return fail("TernaryLinear: w_packed does not match K");
     if (bs.count != n) return fail("TernaryLinear: the bias does not have N values");
+    if (gs.count != 1) return fail("TernaryLinear: w_scale must be one value");
     const float *xd = nullptr, *gd = nullptr, *bd = nullptr;
     const uint8_t* wd = nullptr;
     if (OrtStatus* st = data_of(x, xd)) return st;
@@ -111,11 +108,10 @@ OrtStatus* compute(Kernel& kernel, OrtKernelContext* ctx) {
     const int64_t tasks = std::max<int64_t>(1, std::thread::hardware_concurrency());
     OrtStatus* status = nullptr;
     const auto spawn = [&](int64_t threads, const auto& worker) {
-        const std::function<void()> fn = worker;
-        Job job{ctx, &fn};
+        std::function<void()> fn = worker;
         status = g_api->KernelContext_ParallelFor(
-            ctx, [](void* data, size_t) { (*static_cast<Job*>(data)->worker)(); }, static_cast<size_t>(threads),
-            static_cast<size_t>(threads), &job);
+            ctx, [](void* data, size_t) { (*static_cast<std::function<void()>*>(data))(); },
+            static_cast<size_t>(threads), static_cast<size_t>(threads), &fn);
     };
     for_row_blocks(isa, rows, tasks, spawn,
                    [&](int64_t m0, int64_t m1) { run_rows(isa, layer, xd + m0 * k, m1 - m0, yd + m0 * n, false); });

@@ -87,10 +87,10 @@ def test_fp32_parity_1e4(checkpoints, tmp_path, target):
     assert np.abs(p - p_ref).max() <= 1e-4
 
 
-# int8-exact (ort) and matmulnbits-2bit (rpi) compute BitNet's per-token int8 codes; int8-qdq (cpu) replaces them
-# by one calibrated scale per tensor (a recorded deviation), which this deliberately sensitive test model
-# (train.smoke.perturb: its head amplifies small feature changes) feels on a few crops near p = 0.5
-@pytest.mark.parametrize("target, min_agree", [("ort", 0.995), ("rpi", 0.995), ("cpu", 0.97)])
+# native (ort), int8-exact (rpi4) and matmulnbits-2bit (rpi) compute BitNet's per-token int8 codes; int8-qdq (cpu)
+# replaces them by one calibrated scale per tensor (a recorded deviation), which this deliberately sensitive test
+# model (train.smoke.perturb: its head amplifies small feature changes) feels on a few crops near p = 0.5
+@pytest.mark.parametrize("target, min_agree", [("ort", 0.995), ("rpi4", 0.995), ("rpi", 0.995), ("cpu", 0.97)])
 def test_ternary_decision_agreement(checkpoints, tmp_path, target, min_agree):
     p_ref, p = _parity_256(checkpoints, tmp_path, "bit", target, "ternary")
     assert ((p >= 0.5) == (p_ref >= 0.5)).mean() >= min_agree
@@ -237,7 +237,8 @@ def test_qdq_deviation_names_the_backend_it_is_for(checkpoints, tmp_path):
     [
         ("rpi", None, "per block of 32 inputs"),  # the rpi default, MatMulNBits; tiny model: K = 32
         ("ort", "int8-dynamic", "one dynamic uint8 scale per tensor"),
-        ("ort", None, None),  # int8-exact: BitNet's arithmetic, nothing to declare
+        ("rpi4", None, "int8-exact"),  # BitNet's arithmetic, nothing to declare
+        ("ort", None, "native"),  # the same, in edgedf's kernel
     ],
 )
 def test_lowering_deviations_are_recorded(checkpoints, tmp_path, target, lowering_name, words):
@@ -245,8 +246,8 @@ def test_lowering_deviations_are_recorded(checkpoints, tmp_path, target, lowerin
         checkpoints["bit"],
         ExportOptions(target=target, lowering=lowering_name, out=tmp_path / "b", verify_n=8, min_agreement=0.9),
     )
-    if words is None:
-        assert m["lowering"] == "int8-exact" and m["deviations"] == []
+    if words in ("int8-exact", "native"):
+        assert m["lowering"] == words and m["deviations"] == []
     else:
         assert any(words in d for d in m["deviations"]), m["deviations"]
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime
 import openvino
 import pytest
 import torch
@@ -100,6 +101,13 @@ def test_ort_native_bundle_runs_edgedfs_op_in_onnx_runtime(checkpoints, tmp_path
     assert "no C++ compiler found" in capsys.readouterr().err
     stock = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)
     assert np.allclose(stock, native, atol=1e-4)
+    # ... at int8 speed: the functions' MatMulInteger -> Cast -> Mul fuse into MatMulIntegerToFloat, as in int8-exact
+    so = onnxruntime.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    onnxruntime.InferenceSession(str(bundle.entry), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+    layers = sum(n.op_type == "TernaryLinear" for n in onnx.load(str(bundle.entry)).graph.node)
+    assert ops.count("MatMulIntegerToFloat") == layers and "MatMulInteger" not in ops and "Round" not in ops
 
 
 @pytest.mark.parametrize(

@@ -109,7 +109,13 @@ def test_build_errors_are_one_line(monkeypatch, tmp_path):
     assert not list(tmp_path.rglob("*.so*"))
 
 
-def test_switched_off_or_too_old_onnx_runtime_is_one_line(monkeypatch):
+def test_where_the_op_would_not_run_or_pay_is_one_line(ort_native_lib, monkeypatch):
+    ort_native.library.cache_clear()
+    monkeypatch.delenv("EDGEDF_TERNARY_ISA", raising=False)
+    monkeypatch.setattr(ort_native, "cpu_path", lambda lib: "scalar")  # a CPU without AVX2: MLAS's int8 is faster
+    with pytest.raises(EdgedfError, match="needs AVX2"):
+        ort_native.library()
+    monkeypatch.undo()
     ort_native.library.cache_clear()
     monkeypatch.setenv("EDGEDF_NATIVE", "0")
     with pytest.raises(EdgedfError, match="switched off"):
@@ -117,6 +123,9 @@ def test_switched_off_or_too_old_onnx_runtime_is_one_line(monkeypatch):
     monkeypatch.setenv("EDGEDF_NATIVE", "1")
     monkeypatch.setattr(ort_native, "_ort_version", lambda: (1, 20))
     with pytest.raises(EdgedfError, match="ONNX Runtime 1.21 or later"):
+        ort_native.library()
+    monkeypatch.setattr(ort_native.platform, "machine", lambda: "aarch64")  # a Pi: ONNX Runtime's own int8 kernels
+    with pytest.raises(EdgedfError, match="for x86-64 CPUs .this is aarch64"):
         ort_native.library()
     ort_native.library.cache_clear()
 
