@@ -284,7 +284,11 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
             ran = {k: v for k, v in manifest["parity"]["backends"].items() if v.get("status") == "ok"}
             if not ran:
                 raise EdgedfError("verification could not run the bundle on any backend here (use --no-verify)")
-            for name, r in ran.items():
+            checks = [
+                *ran.items(),
+                *((f"{k} without edgedf's op", v["without_op"]) for k, v in ran.items() if "without_op" in v),
+            ]
+            for name, r in checks:
                 agree = r["decisive_agreement"]
                 if agree is not None and agree < opts.min_agreement:
                     raise EdgedfError(

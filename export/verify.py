@@ -61,6 +61,10 @@ def verify(
             images, logits = stored
             out = run_batched(sess, bundle.spec.to_input(images, "BGR"), fixed, batch)
             results[backend]["reference_crops"] = compare(logits, out, bundle.fake_index, bundle.threshold)
+        if backend == "ort" and getattr(model, "library", None):  # a device without edgedf's op: the ONNX functions
+            plain = open_session(bundle.entry, "ort", BackendOptions(precision=bundle.manifest["precision"]))
+            out = run_batched(plain, x, fixed, batch)
+            results[backend]["without_op"] = compare(ref, out, bundle.fake_index, bundle.threshold)
     return {
         "crops": n,
         "source": source.kind,

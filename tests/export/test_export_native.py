@@ -84,8 +84,9 @@ def test_ort_native_bundle_runs_edgedfs_op_in_onnx_runtime(checkpoints, tmp_path
     assert m["entry"] == "model.onnx" and m["lowering"] == "native" and m["backend"] == "ort"
     assert m["calibration"]["needed"] is False and not m["deviations"]
     assert any("native ternary kernel built here" in n for n in m["notes"])
-    r = m["parity"]["backends"]["ort"]  # verified as the device runs it: with the op library
+    r = m["parity"]["backends"]["ort"]  # verified as the device runs it: with the op library, and without it
     assert r["decisive_agreement"] >= 0.995 and r["max_abs_dp"] < 0.05
+    assert r["without_op"]["decisive_agreement"] >= 0.995 and r["without_op"]["max_abs_dp"] < 0.05
     bundle = load_bundle(path)
     model = ort_backend.model_for_bundle(bundle)
     assert model.library == ort_native_lib
