@@ -12,8 +12,9 @@ sums each node's kernel time by what it does:
     linears            fp32: MatMul with a weight initializer; int8-exact: MatMulIntegerToFloat (int8 x ternary);
                        native: edgedf's TernaryLinear op (codes, GEMM and epilogue in one; runtime/native)
     linear bias        fp32: the Add of a linear's bias (ternary: in the epilogue below)
-    per-token quantise int8-exact: Abs, ReduceMax, Max, 127 / absmax, x * s, QuantizeLinear (the lowering's nodes)
-    epilogue           int8-exact: / s per token, + bias
+    per-token quantise int8-exact (and the ONNX functions): Abs, ReduceMax, Max, 127 / absmax, x * s,
+                       QuantizeLinear (the functions also compute a run-time 1: Size, Greater, Cast)
+    epilogue           int8-exact (and the ONNX functions): / s per token, + bias
     BitLinear norm     ternary: the RMSNorm in front of every BitLinear (SimplifiedLayerNormalization, fused)
     the rest           all: attention, GELU, residual adds, LayerNorm, the patch embedding
 
@@ -49,41 +50,50 @@ COLUMNS = (
     ("native, no op", "bit", "ternary", "native", False),  # where the op cannot be built: the ONNX functions
 )
 CATEGORIES = ("linears", "linear bias", "per-token quantise", "epilogue", "BitLinear norm", "the rest")
-QUANTISE_OPS = {"Abs", "ReduceMax", "Max", "Mul", "Div", "QuantizeLinear"}
+# the names of the nodes the int8 forms of TernaryLinear leave: export/lowering.py's (base__lN) and ONNX Runtime's
+# for the nodes of an inlined ONNX function (`native` without edgedf's op)
+TERNARY_NODE_NAMES = ("__l", "_inlfunc_TernaryLinear")
+
+
+def optimised(model, tmp: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime runs for `model` (a path, or ONNX bytes with an op `library`), optimised as the
+    runtime's sessions are (all levels): its node names are the profile's."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp / "optimised.onnx")
+    if getattr(model, "library", None):
+        so.register_custom_ops_library(str(model.library))
+    ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp / "optimised.onnx"))
 
 
 def categorise(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name -> category, read off the exported graph (ONNX Runtime keeps the names of nodes it does not
-    fuse; what it fuses gets new names and is classed by its fused op type in `category`)."""
+    """Node name -> category, read off the optimised graph."""
     g = model.graph
     inits = {i.name for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     out: dict[str, str] = {}
-    for n in g.node:
-        if n.op_type == "MatMul" and n.input[1] in inits:
-            out[n.name] = "linears"
-        elif n.op_type in ("MatMulIntegerToFloat", "TernaryLinear"):
-            out[n.name] = "linears"
-    for n in g.node:
+    for n in g.node:  # in topological order: a node's producers are classed before it
         src = [producer.get(i) for i in n.input]
-        if n.op_type == "Add" and any(s is not None and out.get(s.name) == "linears" for s in src):
-            if any(i in inits for i in n.input):
-                out[n.name] = "linear bias"
-        if "__l" not in n.name:  # the lowering's own nodes (export/lowering.py names them base__lN)
-            continue
-        if n.op_type == "Div" and src[0] is not None and src[0].op_type == "MatMulIntegerToFloat":
+        kinds = [out.get(p.name) if p is not None else None for p in src]
+        if n.op_type in ("MatMulIntegerToFloat", "TernaryLinear") or (n.op_type == "MatMul" and n.input[1] in inits):
+            out[n.name] = "linears"
+        elif n.op_type == "SimplifiedLayerNormalization":
+            out[n.name] = "BitLinear norm"
+        elif n.op_type == "Add" and "linears" in kinds and any(i in inits for i in n.input):
+            mm = next(p for p, k in zip(src, kinds, strict=True) if k == "linears")
+            out[n.name] = "linear bias" if mm.op_type == "MatMul" else "epilogue"
+        elif n.op_type == "Div" and src[0] is not None and src[0].op_type == "MatMulIntegerToFloat":
             out[n.name] = "epilogue"
-        elif n.op_type == "Add" and src[0] is not None and out.get(src[0].name) == "epilogue":
+        elif n.op_type == "Add" and kinds[0] == "epilogue":
             out[n.name] = "epilogue"
-        elif n.op_type in QUANTISE_OPS:
+        elif any(t in n.name for t in TERNARY_NODE_NAMES):
             out[n.name] = "per-token quantise"
+        else:
+            out[n.name] = "the rest"
     return out
-
-
-def category(names: dict[str, str], node: str, op: str) -> str:
-    if node in names:
-        return names[node]
-    return "BitLinear norm" if op == "SimplifiedLayerNormalization" else "the rest"
 
 
 def profile(bundle: Path, runs: int, tmp: Path, with_op: bool) -> dict:
@@ -92,9 +102,9 @@ def profile(bundle: Path, runs: int, tmp: Path, with_op: bool) -> dict:
     from edgedf.runtime.backends.ort import OrtSession, model_for_bundle
     from edgedf.runtime.bundle import load_bundle
 
-    names = categorise(onnx.load(str(bundle / "model.onnx")))
     # as the runtime loads it: `native` with edgedf's op library, unless the column is without it
     model = model_for_bundle(load_bundle(bundle)) if with_op else bundle / "model.onnx"
+    names = categorise(optimised(model, tmp))
     sess = OrtSession(model, threads=THREADS, profile=str(tmp / "profile"))
     x = np.random.default_rng(0).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
     feeds = {sess.input_names[0]: x}
@@ -114,7 +124,7 @@ def profile(bundle: Path, runs: int, tmp: Path, with_op: bool) -> dict:
             per_run.append(defaultdict(float))
         elif e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and per_run:
             node, op = e["name"][: -len("_kernel_time")], e["args"]["op_name"]
-            c = category(names, node, op)
+            c = names.get(node, "the rest")
             per_run[-1][c] += e["dur"] / 1000
             ops[c].add(op)
     per_run = per_run[-runs:]
