@@ -3,6 +3,10 @@
     python benchmarks/export/ab_native.py OLD.cpp                 # against the kernel that ships now
     python benchmarks/export/ab_native.py OLD.cpp NEW.cpp --path avx2 --rounds 25
 
+A version of the kernel is its ternary_linear.cpp with the ternary_core.hpp beside it (the one it includes; with
+none beside it, the shipped one): `git show REV:runtime/native/ternary_linear.cpp > old/ternary_linear.cpp` and the
+same for ternary_core.hpp.
+
 Whole-model timings on this shared host move by up to a fifth between runs, more than most kernel changes gain,
 so a change to runtime/native/ternary_linear.cpp is judged here: both builds load into one process (each in its
 own OpenVINO Core), every round times each at batch 1 (3 runs) and batch 8 (1 run) in turn, the two taking turns

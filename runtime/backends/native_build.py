@@ -49,8 +49,12 @@ def cache_dir(kind: str) -> Path:
 
 
 def library_path(kind: str, stem: str, source: Path, *key: str) -> Path:
-    """Where the library built from `source` (and the core it includes) with these key strings is cached."""
-    h = hashlib.sha256(source.read_bytes() + CORE.read_bytes() + " ".join(key).encode()).hexdigest()[:16]
+    """Where the library built from `source` (and the core it includes) with these key strings is cached. The core
+    is the ternary_core.hpp beside `source` where there is one (#include "..." looks there first: another version
+    of the kernel, ab_native.py), else the shipped one."""
+    core = source.parent / CORE.name
+    core = core if core.exists() else CORE
+    h = hashlib.sha256(source.read_bytes() + core.read_bytes() + " ".join(key).encode()).hexdigest()[:16]
     return cache_dir(kind) / f"{stem}-{h}.so"
 
 

@@ -109,6 +109,16 @@ def test_build_errors_are_one_line(monkeypatch, tmp_path):
     assert not list(tmp_path.rglob("*.so*"))
 
 
+def test_a_kernel_version_with_its_own_core_is_its_own_build(tmp_path):
+    # ab_native.py times a kernel version kept with its own ternary_core.hpp beside it (#include "..." finds that one
+    # first): the build cache must key on the core the source includes, or the "old" kernel is the new one's library
+    src = tmp_path / "ort_ternary.cpp"
+    src.write_text(ort_native.SOURCE.read_text())
+    assert ort_native.library_path(src) == ort_native.library_path()  # no core beside it: the shipped one
+    (tmp_path / "ternary_core.hpp").write_text(native_build.CORE.read_text() + "// another version\n")
+    assert ort_native.library_path(src) != ort_native.library_path()
+
+
 def test_where_the_op_would_not_run_or_pay_is_one_line(ort_native_lib, monkeypatch):
     ort_native.library.cache_clear()
     monkeypatch.delenv("EDGEDF_TERNARY_ISA", raising=False)
