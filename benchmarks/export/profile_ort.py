@@ -6,8 +6,9 @@
 Exports a random-initialised ViT-S at 224 px three times with `edgedf export`'s own code, target ort: fp32; ternary
 with the `int8-exact` lowering; ternary with `native` (the target's default), run with edgedf's op registered and
 again without it (its ONNX functions, as where the op cannot be built). Opens each as the runtime does
-(runtime/backends/ort.py: 2 threads, all graph optimisations) with ONNX Runtime's profiler on, times batch 8 and
-sums each node's kernel time by what it does:
+(runtime/backends/ort.py: 2 threads, all graph optimisations) with ONNX Runtime's profiler on, times batch 8 in
+interleaved rounds (each round runs every column once: one column timed alone after another read a burst of load on
+this shared host as its own, 2 of 3 runs on 12-03) and sums each node's kernel time by what it does:
 
     linears            fp32: MatMul with a weight initializer; int8-exact: MatMulIntegerToFloat (int8 x ternary);
                        native: edgedf's TernaryLinear op (codes, GEMM and epilogue in one; runtime/native)
@@ -96,44 +97,54 @@ def categorise(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-def profile(bundle: Path, runs: int, tmp: Path, with_op: bool) -> dict:
-    import onnxruntime as ort
-
+def open_column(bundle: Path, tmp: Path, with_op: bool):
+    """A profiled session for `bundle` as the runtime opens it (`native` with edgedf's op library unless with_op is
+    False), and its node names' categories."""
     from edgedf.runtime.backends.ort import OrtSession, model_for_bundle
     from edgedf.runtime.bundle import load_bundle
 
-    # as the runtime loads it: `native` with edgedf's op library, unless the column is without it
     model = model_for_bundle(load_bundle(bundle)) if with_op else bundle / "model.onnx"
     names = categorise(optimised(model, tmp))
-    sess = OrtSession(model, threads=THREADS, profile=str(tmp / "profile"))
+    return OrtSession(model, threads=THREADS, profile=str(tmp / f"profile-{bundle.name}-{with_op}")), names
+
+
+def profile(columns: dict[str, tuple], runs: int) -> dict[str, dict]:
+    """Each column's wall time and kernel time per category: 3 warm-up runs each, then `runs` rounds, each running
+    every column once in turn (so a burst of load on this shared host hits all columns alike, not one)."""
+    import onnxruntime as ort
+
     x = np.random.default_rng(0).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
-    feeds = {sess.input_names[0]: x}
-    for _ in range(3):
-        sess.run(feeds)
-    wall = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(feeds)
-        wall.append((time.perf_counter() - t0) * 1000)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    # per run: the kernel time of each category (the profile also holds the 3 warm-up runs: drop them)
-    per_run: list[dict[str, float]] = []
-    ops: dict[str, set] = defaultdict(set)
-    for e in events:
-        if e.get("cat") == "Session" and e["name"] == "model_run":
-            per_run.append(defaultdict(float))
-        elif e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and per_run:
-            node, op = e["name"][: -len("_kernel_time")], e["args"]["op_name"]
-            c = names.get(node, "the rest")
-            per_run[-1][c] += e["dur"] / 1000
-            ops[c].add(op)
-    per_run = per_run[-runs:]
-    return {
-        "ort": ort.__version__,
-        "wall_ms_per_img": statistics.median(wall) / BATCH,
-        "per_category_ms_per_img": {c: statistics.median(r.get(c, 0.0) for r in per_run) / BATCH for c in CATEGORIES},
-        "ops": {c: sorted(v) for c, v in ops.items()},
-    }
+    wall: dict[str, list[float]] = {name: [] for name in columns}
+    for r in range(3 + runs):
+        for name, (sess, _) in columns.items():
+            t0 = time.perf_counter()
+            sess.run({sess.input_names[0]: x})
+            if r >= 3:
+                wall[name].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for name, (sess, names) in columns.items():
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        # per run: the kernel time of each category (the profile also holds the 3 warm-up runs: drop them)
+        per_run: list[dict[str, float]] = []
+        ops: dict[str, set] = defaultdict(set)
+        for e in events:
+            if e.get("cat") == "Session" and e["name"] == "model_run":
+                per_run.append(defaultdict(float))
+            elif e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and per_run:
+                node, op = e["name"][: -len("_kernel_time")], e["args"]["op_name"]
+                c = names.get(node, "the rest")
+                per_run[-1][c] += e["dur"] / 1000
+                ops[c].add(op)
+        per_run = per_run[-runs:]
+        out[name] = {
+            "ort": ort.__version__,
+            "wall_ms_per_img": statistics.median(wall[name]) / BATCH,
+            "per_category_ms_per_img": {
+                c: statistics.median(r.get(c, 0.0) for r in per_run) / BATCH for c in CATEGORIES
+            },
+            "ops": {c: sorted(v) for c, v in ops.items()},
+        }
+    return out
 
 
 def bounds(fp: dict, tern: dict) -> dict[str, float]:
@@ -162,14 +173,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         cks = make_checkpoints(PRESET, tmp)
-        results = {}
+        columns = {}
         for name, kind, precision, lowering, with_op in COLUMNS:
             out = tmp / f"{kind}-{precision}-{lowering}"
             if not out.exists():
                 opts = ExportOptions(target="ort", precision=precision, out=out, lowering=lowering, verify_n=16)
                 export_bundle(cks[kind], opts)
-            results[name] = profile(out, args.runs, tmp, with_op)
-            print(f"{name}: {results[name]['wall_ms_per_img']:.1f} ms/img", flush=True)
+            columns[name] = open_column(out, tmp, with_op)
+        results = profile(columns, args.runs)
+        for name, r in results.items():
+            print(f"{name}: {r['wall_ms_per_img']:.1f} ms/img")
     meta = {
         "machine": f"{host['cpu']} ({', '.join(host['cpu_flags'])}), {THREADS} threads",
         "date": time.strftime("%Y-%m-%d"),
@@ -198,7 +211,7 @@ def write_markdown(doc: dict, out: Path) -> None:
         f"Machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}; {meta['date']}; load average before/after "
         f"{meta['load_before_after'][0]} / {meta['load_before_after'][1]}. Random-initialised ViT-S, 224 px, batch "
         f"{BATCH}, target `ort`, sessions as the runtime opens them; ONNX Runtime's profiler on, median of "
-        f"{meta['runs']} runs after 3 warm-up, per image. Categories: see the script's docstring.",
+        f"{meta['runs']} interleaved rounds after 3 warm-up, per image. Categories: see the script's docstring.",
         "",
         f"Wall time, ms/img: {walls}.",
         "",
