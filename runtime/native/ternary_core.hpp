@@ -368,6 +368,17 @@ static void gemm_scalar(const Packed& p, const uint8_t* a, const float* rs, cons
 }
 
 #if defined(__x86_64__)
+// The output lines a tile's epilogue will write (rows m to m + rows, 16-column blocks from n0 on, cols columns),
+// asked for with write intent as the tile starts: they arrive while it multiplies, instead of each store waiting
+// for its line at the end (a block's output rows are larger than L1, a layer's whole output larger than L2). A
+// ViT-S ran 1.023x as fast at batch 8 on the Zen 5 (ab_native.py, 25 rounds, outputs identical); on the AVX2 and
+// AVX-VNNI paths (emulated there) it made no difference (1.002x, 1.003x), so they do without. Prefetching cannot
+// fault, past the output's end included.
+static inline void prefetch_output(const float* y, int64_t n, int64_t m, int rows, int64_t n0, int cols) {
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; c += kBlock) __builtin_prefetch(y + (m + r) * n + n0 + c, 1, 3);
+}
+
 // MR rows x NB 16-column blocks per call; the accumulators stay in registers (fully unrolled loops).
 template <int MR, int NB>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(const Packed& p, const uint8_t* a,
@@ -383,6 +394,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
     const int8_t* wb = p.w.data() + nb * wstride;
     const int64_t lda = p.k4 * 4;
     const uint8_t* ar = a + m * lda;
+    prefetch_output(y, p.n, m, MR, nb * kBlock, NB * kBlock);
     for (int64_t q = 0; q < p.k4; ++q) {
         __m512i w[NB];
 #pragma GCC unroll 4
