@@ -367,24 +367,33 @@ static void gemm_scalar(const Packed& p, const uint8_t* a, const float* rs, cons
     }
 }
 
-#if defined(__x86_64__)
-// The output lines a tile's epilogue will write (rows m to m + rows, 16-column blocks from n0 on, cols columns),
-// asked for with write intent as the tile starts: they arrive while it multiplies, instead of each store waiting
-// for its line at the end (a block's output rows are larger than L1, a layer's whole output larger than L2). A
-// ViT-S ran 1.023x as fast at batch 8 on the Zen 5 (ab_native.py, 25 rounds, outputs identical); on the AVX2 and
-// AVX-VNNI paths (emulated there) it made no difference (1.002x, 1.003x), so they do without. Prefetching cannot
-// fault, past the output's end included.
-static inline void prefetch_output(const float* y, int64_t n, int64_t m, int rows, int64_t n0, int cols) {
-    for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < cols; c += kBlock) __builtin_prefetch(y + (m + r) * n + n0 + c, 1, 3);
-}
+// The attention's q, k and v written by the GEMM's epilogue itself (with_heads_layout; the AVX-512 VNNI path): a
+// GEMM row is row row0 + m = b * T + t of the op, its columns (s, h, d) go to split s's [B, H, T, D] output at
+// ((b * H + h) * T + t) * D + d, times scale[s], where dst[s] is set; a split without one (k where the attention
+// takes it transposed) stays in y for write_heads. Saves writing q and v to a buffer and copying them out.
+struct HeadsOut {
+    static constexpr int kMaxSplits = 4;
+    int64_t row0 = 0, tokens = 0, heads = 0, head_dim = 0;
+    std::array<float*, kMaxSplits> dst{};
+    std::array<float, kMaxSplits> scale{};
+    // where the 16 columns from n0 of GEMM row m go: a head's row, times c; or null, c = 1 (y's row)
+    float* at(int64_t m, int64_t n0, float& c) const {
+        const int64_t s = n0 / (heads * head_dim), h = n0 / head_dim % heads, row = row0 + m;
+        c = dst[s] ? scale[s] : 1.f;
+        return dst[s] ? dst[s] + ((row / tokens * heads + h) * tokens + row % tokens) * head_dim + n0 % head_dim
+                      : nullptr;
+    }
+};
 
+#if defined(__x86_64__)
 // MR rows x NB 16-column blocks per call; the accumulators stay in registers (fully unrolled loops).
+// With ho, rows go where ho says (HeadsOut).
 template <int MR, int NB>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(const Packed& p, const uint8_t* a,
                                                                                  const float* rs,
                                                                                  const float* bias, float* y,
-                                                                                 int64_t m, int64_t nb) {
+                                                                                 int64_t m, int64_t nb,
+                                                                                 const HeadsOut* ho = nullptr) {
     __m512i acc[MR][NB];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
@@ -394,7 +403,24 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
     const int8_t* wb = p.w.data() + nb * wstride;
     const int64_t lda = p.k4 * 4;
     const uint8_t* ar = a + m * lda;
-    prefetch_output(y, p.n, m, MR, nb * kBlock, NB * kBlock);
+    // Each row's 16-column blocks' destinations and factors (y's row, or with ho a head's row), their lines asked for
+    // with write intent now: they arrive while the tile multiplies, instead of each store waiting for its line at the
+    // end (a block's output rows are larger than L1, a layer's whole output larger than L2). The prefetch alone ran a
+    // ViT-S 1.023x as fast at batch 8 on the Zen 5 (ab_native.py, 25 rounds, outputs identical); on the AVX2 and
+    // AVX-VNNI paths (emulated there) it made no difference (1.002x, 1.003x), so they do without.
+    float* dst[MR][NB];
+    float scale[NB];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; ++b) {
+        const int64_t n0 = std::min(nb + b, p.nb - 1) * kBlock;
+        scale[b] = 1.f;
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            float* h = ho ? ho->at(m + r, n0, scale[b]) : nullptr;
+            dst[r][b] = h ? h : y + (m + r) * p.n + n0;
+            __builtin_prefetch(dst[r][b], 1, 3);
+        }
+    }
     for (int64_t q = 0; q < p.k4; ++q) {
         __m512i w[NB];
 #pragma GCC unroll 4
@@ -417,7 +443,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
         for (int r = 0; r < MR; ++r) {
             const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr));
             const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(rs[m + r])), bv);
-            _mm512_mask_storeu_ps(y + (m + r) * p.n + n0, mask, out);
+            _mm512_mask_storeu_ps(dst[r][b], mask, scale[b] == 1.f ? out : _mm512_mul_ps(out, _mm512_set1_ps(scale[b])));
         }
     }
 }
@@ -610,20 +636,20 @@ __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void tile_a
 // that each broadcast activation group feeds 4 vpdpbusd rather than 2 (half the activation loads per product).
 template <int MR>
 static void tile_wide(const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
-                      int64_t m, int64_t nb) {
+                      int64_t m, int64_t nb, const HeadsOut* ho) {
     switch (std::min<int64_t>(4, p.nb - nb)) {
-        case 4: return tile_avx512<MR, 4>(p, a, rs, bias, y, m, nb);
-        case 3: return tile_avx512<MR, 3>(p, a, rs, bias, y, m, nb);
-        case 2: return tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb);
-        default: return tile_avx512<MR, 1>(p, a, rs, bias, y, m, nb);
+        case 4: return tile_avx512<MR, 4>(p, a, rs, bias, y, m, nb, ho);
+        case 3: return tile_avx512<MR, 3>(p, a, rs, bias, y, m, nb, ho);
+        case 2: return tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb, ho);
+        default: return tile_avx512<MR, 1>(p, a, rs, bias, y, m, nb, ho);
     }
 }
 
 template <int MR>
 static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
-                 int64_t m, int64_t nb) {
+                 int64_t m, int64_t nb, const HeadsOut* ho) {
     if (isa == Isa::avx512) {
-        tile_wide<MR>(p, a, rs, bias, y, m, nb);
+        tile_wide<MR>(p, a, rs, bias, y, m, nb, ho);
     } else if (isa == Isa::amx) {  // the rows left below whole AMX tiles, in AMX's 2-block column steps
         if (nb + 1 < p.nb)
             tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb);
@@ -641,8 +667,11 @@ static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
 
 constexpr int kMR = 6;  // rows per tile
 
+// The layer's output of codes a, rows m0 to m1, into y; with ho (only where heads_direct(isa)) as it says.
+static bool heads_direct(Isa isa) { return isa == Isa::avx512; }
+
 static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
-                 int64_t m0, int64_t m1) {
+                 int64_t m0, int64_t m1, const HeadsOut* ho = nullptr) {
 #if defined(__x86_64__)
     if (isa != Isa::scalar) {
         if (isa == Isa::amx) amx_configure();
@@ -651,13 +680,13 @@ static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
             int64_t m = m0;
             if (isa == Isa::amx && nb + 1 < p.nb)  // whole 32-row tiles; the rest on the AVX-512 VNNI path
                 for (; m + 32 <= m1; m += 32) tile_amx(p, a, rs, bias, y, m, nb);
-            for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, rs, bias, y, m, nb);
+            for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, rs, bias, y, m, nb, ho);
             switch (m1 - m) {  // the last 1-5 rows in one tile: one pass over the weights, not one per row
-                case 5: tile<5>(isa, p, a, rs, bias, y, m, nb); break;
-                case 4: tile<4>(isa, p, a, rs, bias, y, m, nb); break;
-                case 3: tile<3>(isa, p, a, rs, bias, y, m, nb); break;
-                case 2: tile<2>(isa, p, a, rs, bias, y, m, nb); break;
-                case 1: tile<1>(isa, p, a, rs, bias, y, m, nb); break;
+                case 5: tile<5>(isa, p, a, rs, bias, y, m, nb, ho); break;
+                case 4: tile<4>(isa, p, a, rs, bias, y, m, nb, ho); break;
+                case 3: tile<3>(isa, p, a, rs, bias, y, m, nb, ho); break;
+                case 2: tile<2>(isa, p, a, rs, bias, y, m, nb, ho); break;
+                case 1: tile<1>(isa, p, a, rs, bias, y, m, nb, ho); break;
             }
         }
         return;
@@ -686,13 +715,14 @@ struct Layer {
 
 // `rows` rows of x (rows x K) through one layer into y (rows x N): normalised, quantised and multiplied while the
 // codes stay in the calling thread's cache, GELU on the output while it does.
-static void run_rows(Isa isa, const Layer& l, const float* x, int64_t rows, float* y, bool gelu) {
+static void run_rows(Isa isa, const Layer& l, const float* x, int64_t rows, float* y, bool gelu,
+                     const HeadsOut* ho = nullptr) {
     static thread_local std::vector<uint8_t> a;  // codes and output scales: buffers that only grow
     static thread_local std::vector<float> rs;
     a.resize(std::max(a.size(), static_cast<size_t>(rows * l.p->k4 * 4)));
     rs.resize(std::max(rs.size(), static_cast<size_t>(rows)));
     prepare_rows(isa, x, rows, l.p->k, l.gamma, l.eps, l.p->k4, l.g, a.data(), rs.data());
-    gemm(isa, *l.p, a.data(), rs.data(), l.bias, y, 0, rows);
+    gemm(isa, *l.p, a.data(), rs.data(), l.bias, y, 0, rows, ho);
     if (gelu) gelu_inplace(isa, y, rows * l.p->n);
 }
 
