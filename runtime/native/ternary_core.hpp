@@ -667,9 +667,10 @@ static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
 
 constexpr int kMR = 6;  // rows per tile
 
-// The layer's output of codes a, rows m0 to m1, into y; with ho (only where heads_direct(isa)) as it says.
+// the paths whose GEMM writes q, k and v where a HeadsOut says
 static bool heads_direct(Isa isa) { return isa == Isa::avx512; }
 
+// The layer's output of codes a, rows m0 to m1, into y; with ho (only where heads_direct(isa)) as it says.
 static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
                  int64_t m0, int64_t m1, const HeadsOut* ho = nullptr) {
 #if defined(__x86_64__)

@@ -522,6 +522,20 @@ def test_the_attentions_q_and_k_are_scaled_and_k_transposed_in_the_op_on_every_c
     assert np.array_equal(s, (q * SCALE) @ (k * SCALE).swapaxes(-1, -2))
 
 
+def test_the_attention_reads_the_same_q_k_v_on_every_cpu_path(native_kernel, tmp_path):
+    # on the AVX-512 VNNI path the GEMM's epilogue writes q (scaled) and v straight into the attention's layout where
+    # D is a multiple of 16, k^T still through the op's copy; the scalar path copies every split out of a buffer:
+    # the attention's scores and output are the same bit for bit on every path
+    _, codes, g, bias = _cases()[1]  # N = 96 = 3 x 2 heads x D = 16: q, k and v share 6-row tiles of 4 blocks
+    model = _attention_model(codes[:96], g, bias[:96], tokens=5, heads=2).SerializeToString()
+    x = np.random.default_rng(5).standard_normal((7, 5, 384)).astype(np.float32)  # images across tiles
+    ref = _run_on_path(native_kernel, "scalar", model, x, tmp_path, every=True)
+    for isa in _cpu_paths()[1:]:
+        outs = _run_on_path(native_kernel, isa, model, x, tmp_path, every=True)
+        for name, out, r in zip(("y", "scores"), outs, ref, strict=True):
+            assert np.array_equal(out, r), f"{isa}: {name}, max diff {np.abs(out - r).max()}"
+
+
 def test_attention_inputs_are_taken_in_only_as_pytorch_exports_them(native_kernel):
     # another axis order after the inner Reshape is not k's transpose: Multiply and Transpose stay, and are right;
     # where q is an output too, the op that gives it stays beside the one that feeds the scores: all stay right
