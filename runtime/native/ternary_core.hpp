@@ -236,8 +236,8 @@ static void rms_norm_row_scalar(const float* x, int64_t k, const float* gamma, f
 #if defined(__x86_64__)
 // The same float operations written out 16 and 8 wide: partial sum j in lane j % W of vector j / W, and the pairwise
 // halving in registers. Compiled from rms_norm_row_body, the halving went through the stack (vector stores read back
-// narrower, then scalar adds), a chain of store-forwarding stalls in every row: the norm and codes of a 384-wide row
-// took 3.4x as long as the codes alone on the Zen 5.
+// narrower, then scalar adds), a chain of store-forwarding stalls in every row: on the Zen 5 the norm and codes of
+// a 384-wide row took 0.218 ns per value that way, 0.163 written out (the codes alone 0.064).
 __attribute__((target("avx512f"))) static void rms_norm_row_avx512(const float* xr, int64_t k, const float* gamma,
                                                                    float eps, float* o) {
     __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();  // sums 0-15, 16-31
@@ -408,33 +408,24 @@ static void gemm_scalar(const Packed& p, const uint8_t* a, const float* rs, cons
     }
 }
 
-// The attention's q, k and v written by the GEMM's epilogue itself (with_heads_layout; the AVX-512 VNNI path): a
-// GEMM row is row row0 + m = b * T + t of the op, its columns (s, h, d) go to split s's [B, H, T, D] output at
-// ((b * H + h) * T + t) * D + d, times scale[s], where dst[s] is set; a split without one (k where the attention
-// takes it transposed) stays in y for write_heads. Saves writing q and v to a buffer and copying them out.
-struct HeadsOut {
-    static constexpr int kMaxSplits = 4;
-    int64_t row0 = 0, tokens = 0, heads = 0, head_dim = 0;
-    std::array<float*, kMaxSplits> dst{};
-    std::array<float, kMaxSplits> scale{};
-    // where the 16 columns from n0 of GEMM row m go: a head's row, times c; or null, c = 1 (y's row)
-    float* at(int64_t m, int64_t n0, float& c) const {
-        const int64_t s = n0 / (heads * head_dim), h = n0 / head_dim % heads, row = row0 + m;
-        c = dst[s] ? scale[s] : 1.f;
-        return dst[s] ? dst[s] + ((row / tokens * heads + h) * tokens + row % tokens) * head_dim + n0 % head_dim
-                      : nullptr;
-    }
-};
-
 #if defined(__x86_64__)
+// The output lines a tile's epilogue will write (rows m to m + rows, 16-column blocks from n0 on, cols columns),
+// asked for with write intent as the tile starts: they arrive while it multiplies, instead of each store waiting
+// for its line at the end (a block's output rows are larger than L1, a layer's whole output larger than L2). On the
+// Zen 5 the GEMM alone ran 430 GMAC/s on one thread against 406 without (bench_kernel.py); in a whole ViT-S the
+// gain is within ab_native.py's run-to-run noise. On the AVX2 and AVX-VNNI paths (emulated there) a whole ViT-S ran
+// 1.002x and 1.003x, so they do without. Prefetching cannot fault, past the output's end included.
+static inline void prefetch_output(const float* y, int64_t n, int64_t m, int rows, int64_t n0, int cols) {
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; c += kBlock) __builtin_prefetch(y + (m + r) * n + n0 + c, 1, 3);
+}
+
 // MR rows x NB 16-column blocks per call; the accumulators stay in registers (fully unrolled loops).
-// With ho, rows go where ho says (HeadsOut).
 template <int MR, int NB>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(const Packed& p, const uint8_t* a,
                                                                                  const float* rs,
                                                                                  const float* bias, float* y,
-                                                                                 int64_t m, int64_t nb,
-                                                                                 const HeadsOut* ho = nullptr) {
+                                                                                 int64_t m, int64_t nb) {
     __m512i acc[MR][NB];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
@@ -444,24 +435,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
     const int8_t* wb = p.w.data() + nb * wstride;
     const int64_t lda = p.k4 * 4;
     const uint8_t* ar = a + m * lda;
-    // Each row's 16-column blocks' destinations and factors (y's row, or with ho a head's row), their lines asked for
-    // with write intent now: they arrive while the tile multiplies, instead of each store waiting for its line at the
-    // end (a block's output rows are larger than L1, a layer's whole output larger than L2). The prefetch alone ran a
-    // ViT-S 1.023x as fast at batch 8 on the Zen 5 (ab_native.py, 25 rounds, outputs identical); on the AVX2 and
-    // AVX-VNNI paths (emulated there) it made no difference (1.002x, 1.003x), so they do without.
-    float* dst[MR][NB];
-    float scale[NB];
-#pragma GCC unroll 4
-    for (int b = 0; b < NB; ++b) {
-        const int64_t n0 = std::min(nb + b, p.nb - 1) * kBlock;
-        scale[b] = 1.f;
-#pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) {
-            float* h = ho ? ho->at(m + r, n0, scale[b]) : nullptr;
-            dst[r][b] = h ? h : y + (m + r) * p.n + n0;
-            __builtin_prefetch(dst[r][b], 1, 3);
-        }
-    }
+    prefetch_output(y, p.n, m, MR, nb * kBlock, NB * kBlock);
     for (int64_t q = 0; q < p.k4; ++q) {
         __m512i w[NB];
 #pragma GCC unroll 4
@@ -484,7 +458,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
         for (int r = 0; r < MR; ++r) {
             const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr));
             const __m512 out = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(rs[m + r])), bv);
-            _mm512_mask_storeu_ps(dst[r][b], mask, scale[b] == 1.f ? out : _mm512_mul_ps(out, _mm512_set1_ps(scale[b])));
+            _mm512_mask_storeu_ps(y + (m + r) * p.n + n0, mask, out);
         }
     }
 }
@@ -677,20 +651,20 @@ __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void tile_a
 // that each broadcast activation group feeds 4 vpdpbusd rather than 2 (half the activation loads per product).
 template <int MR>
 static void tile_wide(const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
-                      int64_t m, int64_t nb, const HeadsOut* ho) {
+                      int64_t m, int64_t nb) {
     switch (std::min<int64_t>(4, p.nb - nb)) {
-        case 4: return tile_avx512<MR, 4>(p, a, rs, bias, y, m, nb, ho);
-        case 3: return tile_avx512<MR, 3>(p, a, rs, bias, y, m, nb, ho);
-        case 2: return tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb, ho);
-        default: return tile_avx512<MR, 1>(p, a, rs, bias, y, m, nb, ho);
+        case 4: return tile_avx512<MR, 4>(p, a, rs, bias, y, m, nb);
+        case 3: return tile_avx512<MR, 3>(p, a, rs, bias, y, m, nb);
+        case 2: return tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb);
+        default: return tile_avx512<MR, 1>(p, a, rs, bias, y, m, nb);
     }
 }
 
 template <int MR>
 static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
-                 int64_t m, int64_t nb, const HeadsOut* ho) {
+                 int64_t m, int64_t nb) {
     if (isa == Isa::avx512) {
-        tile_wide<MR>(p, a, rs, bias, y, m, nb, ho);
+        tile_wide<MR>(p, a, rs, bias, y, m, nb);
     } else if (isa == Isa::amx) {  // the rows left below whole AMX tiles, in AMX's 2-block column steps
         if (nb + 1 < p.nb)
             tile_avx512<MR, 2>(p, a, rs, bias, y, m, nb);
@@ -708,12 +682,8 @@ static void tile(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
 
 constexpr int kMR = 6;  // rows per tile
 
-// the paths whose GEMM writes q, k and v where a HeadsOut says
-static bool heads_direct(Isa isa) { return isa == Isa::avx512; }
-
-// The layer's output of codes a, rows m0 to m1, into y; with ho (only where heads_direct(isa)) as it says.
 static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* rs, const float* bias, float* y,
-                 int64_t m0, int64_t m1, const HeadsOut* ho = nullptr) {
+                 int64_t m0, int64_t m1) {
 #if defined(__x86_64__)
     if (isa != Isa::scalar) {
         if (isa == Isa::amx) amx_configure();
@@ -722,13 +692,13 @@ static void gemm(Isa isa, const Packed& p, const uint8_t* a, const float* rs, co
             int64_t m = m0;
             if (isa == Isa::amx && nb + 1 < p.nb)  // whole 32-row tiles; the rest on the AVX-512 VNNI path
                 for (; m + 32 <= m1; m += 32) tile_amx(p, a, rs, bias, y, m, nb);
-            for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, rs, bias, y, m, nb, ho);
+            for (; m + kMR <= m1; m += kMR) tile<kMR>(isa, p, a, rs, bias, y, m, nb);
             switch (m1 - m) {  // the last 1-5 rows in one tile: one pass over the weights, not one per row
-                case 5: tile<5>(isa, p, a, rs, bias, y, m, nb, ho); break;
-                case 4: tile<4>(isa, p, a, rs, bias, y, m, nb, ho); break;
-                case 3: tile<3>(isa, p, a, rs, bias, y, m, nb, ho); break;
-                case 2: tile<2>(isa, p, a, rs, bias, y, m, nb, ho); break;
-                case 1: tile<1>(isa, p, a, rs, bias, y, m, nb, ho); break;
+                case 5: tile<5>(isa, p, a, rs, bias, y, m, nb); break;
+                case 4: tile<4>(isa, p, a, rs, bias, y, m, nb); break;
+                case 3: tile<3>(isa, p, a, rs, bias, y, m, nb); break;
+                case 2: tile<2>(isa, p, a, rs, bias, y, m, nb); break;
+                case 1: tile<1>(isa, p, a, rs, bias, y, m, nb); break;
             }
         }
         return;
@@ -757,14 +727,13 @@ struct Layer {
 
 // `rows` rows of x (rows x K) through one layer into y (rows x N): normalised, quantised and multiplied while the
 // codes stay in the calling thread's cache, GELU on the output while it does.
-static void run_rows(Isa isa, const Layer& l, const float* x, int64_t rows, float* y, bool gelu,
-                     const HeadsOut* ho = nullptr) {
+static void run_rows(Isa isa, const Layer& l, const float* x, int64_t rows, float* y, bool gelu) {
     static thread_local std::vector<uint8_t> a;  // codes and output scales: buffers that only grow
     static thread_local std::vector<float> rs;
     a.resize(std::max(a.size(), static_cast<size_t>(rows * l.p->k4 * 4)));
     rs.resize(std::max(rs.size(), static_cast<size_t>(rows)));
     prepare_rows(isa, x, rows, l.p->k, l.gamma, l.eps, l.p->k4, l.g, a.data(), rs.data());
-    gemm(isa, *l.p, a.data(), rs.data(), l.bias, y, 0, rows, ho);
+    gemm(isa, *l.p, a.data(), rs.data(), l.bias, y, 0, rows);
     if (gelu) gelu_inplace(isa, y, rows * l.p->n);
 }
 

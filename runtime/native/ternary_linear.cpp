@@ -150,17 +150,6 @@ public:
         OPENVINO_ASSERT(!res || inputs.back().get_shape() == ys, "TernaryLinear: the residual's shape is not the output's");
         const float* xd = inputs[0].data<const float>();
         const Isa isa = active_isa();
-        // q, k and v straight from the GEMM's epilogue where it can (HeadsOut), k^T still through write_heads
-        const bool direct = heads_ && heads_direct(isa) && (chain_ || !gelu_) && head_dim % kBlock == 0 &&
-                            splits_ <= HeadsOut::kMaxSplits;
-        HeadsOut heads_out;
-        if (direct) {
-            heads_out.tokens = tokens, heads_out.heads = heads_, heads_out.head_dim = head_dim;
-            for (int64_t s = 0; s < splits_; ++s) {
-                heads_out.dst[s] = s == 1 && k_transposed_ ? nullptr : ysplit[s];
-                heads_out.scale[s] = s == 0 ? q_scale_ : s == 1 ? k_scale_ : 1.f;
-            }
-        }
         const auto spawn = [](int64_t threads, const auto& worker) {
             ov::parallel_nt_static(static_cast<int>(threads), [&](int, int) { worker(); });
         };
@@ -169,19 +158,16 @@ public:
             static thread_local std::vector<float> h, o;
             if (heads_) o.resize(std::max(o.size(), static_cast<size_t>((m1 - m0) * n)));
             float* yb = heads_ ? o.data() : ysplit[0] + m0 * n;
-            HeadsOut ho = heads_out;
-            ho.row0 = m0;
-            const HeadsOut* hp = direct ? &ho : nullptr;
             if (chain_) {  // the first layer's output stays in this thread's cache for the second
                 h.resize(std::max(h.size(), static_cast<size_t>((m1 - m0) * hidden)));
                 run_rows(isa, first, xd + m0 * k, m1 - m0, h.data(), gelu_);
-                run_rows(isa, second, h.data(), m1 - m0, yb, false, hp);
+                run_rows(isa, second, h.data(), m1 - m0, yb, false);
             } else {
-                run_rows(isa, first, xd + m0 * k, m1 - m0, yb, gelu_, hp);
+                run_rows(isa, first, xd + m0 * k, m1 - m0, yb, gelu_);
             }
             if (res)
                 for (int64_t i = 0, count = (m1 - m0) * n; i < count; ++i) yb[i] += res[m0 * n + i];
-            if (heads_) write_heads(yb, m0, m1, n, tokens, head_dim, ysplit, hp);
+            if (heads_) write_heads(yb, m0, m1, n, tokens, head_dim, ysplit);
         });
         return true;
     }
@@ -194,15 +180,15 @@ public:
 private:
     // Rows [m0, m1) of the [rows, n] output in yb: row b * T + t, columns (s, h, d) -> output s [b][h][t][d]; q (s = 0)
     // and k (s = 1) times their scales (the attention's Multiply, the same float product), k as [b][h][d][t] where
-    // k_transposed. Splits that the GEMM wrote itself (ho) are left alone.
+    // k_transposed.
     void write_heads(const float* yb, int64_t m0, int64_t m1, int64_t n, int64_t tokens, int64_t head_dim,
-                     const std::vector<float*>& ysplit, const HeadsOut* ho) const {
+                     const std::vector<float*>& ysplit) const {
         const size_t bytes = static_cast<size_t>(head_dim) * sizeof(float);
         for (int64_t m = m0; m < m1; ++m) {
             const int64_t b = m / tokens, t = m % tokens;
             for (int64_t sh = 0; sh < splits_ * heads_; ++sh) {
                 const int64_t s = sh / heads_, h = sh % heads_;
-                if ((s == 1 && k_transposed_) || (ho && ho->dst[s])) continue;
+                if (s == 1 && k_transposed_) continue;
                 const float* src = yb + (m - m0) * n + sh * head_dim;
                 float* dst = ysplit[s] + ((b * heads_ + h) * tokens + t) * head_dim;
                 const float c = s == 0 ? q_scale_ : s == 1 ? k_scale_ : 1.f;

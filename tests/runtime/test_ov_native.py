@@ -523,9 +523,8 @@ def test_the_attentions_q_and_k_are_scaled_and_k_transposed_in_the_op_on_every_c
 
 
 def test_the_attention_reads_the_same_q_k_v_on_every_cpu_path(native_kernel, tmp_path):
-    # on the AVX-512 VNNI path the GEMM's epilogue writes q (scaled) and v straight into the attention's layout where
-    # D is a multiple of 16, k^T still through the op's copy; the scalar path copies every split out of a buffer:
-    # the attention's scores and output are the same bit for bit on every path
+    # q (scaled), k^T (scaled) and v as each path's op writes them into the attention's layout: the attention's scores
+    # and output are the same bit for bit on every path, not only each close to the float64 reference
     _, codes, g, bias = _cases()[1]  # N = 96 = 3 x 2 heads x D = 16: q, k and v share 6-row tiles of 4 blocks
     model = _attention_model(codes[:96], g, bias[:96], tokens=5, heads=2).SerializeToString()
     x = np.random.default_rng(5).standard_normal((7, 5, 384)).astype(np.float32)  # images across tiles
