@@ -238,6 +238,16 @@ static void rms_norm_row_scalar(const float* x, int64_t k, const float* gamma, f
 // halving in registers. Compiled from rms_norm_row_body, the halving went through the stack (vector stores read back
 // narrower, then scalar adds), a chain of store-forwarding stalls in every row: on the Zen 5 the norm and codes of
 // a 384-wide row took 0.218 ns per value that way, 0.163 written out (the codes alone 0.064).
+// The halving from w = 4 on, of sums 0-7 in h (w = 16 and 8 done), the columns from i on, and 1 / rms:
+__attribute__((target("avx2"), always_inline)) static inline float rms_inverse(__m256 h, const float* xr, int64_t i,
+                                                                               int64_t k, float eps) {
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));  // w = 4
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                         // w = 2
+    float ss = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                    // w = 1
+    for (; i < k; ++i) ss += xr[i] * xr[i];
+    return 1.0f / std::sqrt(ss / static_cast<float>(k) + eps);
+}
+
 __attribute__((target("avx512f"))) static void rms_norm_row_avx512(const float* xr, int64_t k, const float* gamma,
                                                                    float eps, float* o) {
     __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();  // sums 0-15, 16-31
@@ -250,12 +260,7 @@ __attribute__((target("avx512f"))) static void rms_norm_row_avx512(const float* 
     p0 = _mm512_add_ps(p0, p1);  // w = 16
     const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(p0),  // w = 8
                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p0), 1)));
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));  // w = 4
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                         // w = 2
-    float ss = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                    // w = 1
-    for (; i < k; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps);
-    const __m512 iv = _mm512_set1_ps(inv);
+    const __m512 iv = _mm512_set1_ps(rms_inverse(h, xr, i, k, eps));
     for (i = 0; i < k; i += 16) {
         const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
         const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), iv),
@@ -274,11 +279,7 @@ __attribute__((target("avx2"))) static void rms_norm_row_avx2(const float* xr, i
             p[j] = _mm256_add_ps(p[j], _mm256_mul_ps(a, a));
         }
     const __m256 h = _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3]));  // w = 16, then 8
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));        // w = 4
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                               // w = 2
-    float ss = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                          // w = 1
-    for (; i < k; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps);
+    const float inv = rms_inverse(h, xr, i, k, eps);
     const __m256 iv = _mm256_set1_ps(inv);
     for (i = 0; i + 8 <= k; i += 8)
         _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), iv), _mm256_loadu_ps(gamma + i)));
