@@ -215,8 +215,7 @@ __attribute__((target("avx2,fma"))) static void quantize_rows_avx2(const float* 
 // therefore the same codes.
 constexpr int kNormParts = 32;
 
-__attribute__((always_inline)) static inline void rms_norm_row_body(const float* xr, int64_t k, const float* gamma,
-                                                                      float eps, float* o) {
+static void rms_norm_row_scalar(const float* xr, int64_t k, const float* gamma, float eps, float* o) {
     float part[kNormParts] = {};
     int64_t i = 0;
     for (; i + kNormParts <= k; i += kNormParts)
@@ -229,13 +228,9 @@ __attribute__((always_inline)) static inline void rms_norm_row_body(const float*
     for (i = 0; i < k; ++i) o[i] = xr[i] * inv * gamma[i];
 }
 
-static void rms_norm_row_scalar(const float* x, int64_t k, const float* gamma, float eps, float* o) {
-    rms_norm_row_body(x, k, gamma, eps, o);
-}
-
 #if defined(__x86_64__)
 // The same float operations written out 16 and 8 wide: partial sum j in lane j % W of vector j / W, and the pairwise
-// halving in registers. Compiled from rms_norm_row_body, the halving went through the stack (vector stores read back
+// halving in registers. Compiled from rms_norm_row_scalar, the halving went through the stack (vector stores read back
 // narrower, then scalar adds), a chain of store-forwarding stalls in every row: on the Zen 5 the norm and codes of
 // a 384-wide row took 0.218 ns per value that way, 0.163 written out (the codes alone 0.064).
 // The halving from w = 4 on, of sums 0-7 in h (w = 16 and 8 done), the columns from i on, and 1 / rms:
