@@ -48,11 +48,17 @@
 #include "openvino/op/power.hpp"
 #include "openvino/op/reduce_mean.hpp"
 #include "openvino/op/reshape.hpp"
+#include "openvino/op/softmax.hpp"
 #include "openvino/op/sqrt.hpp"
 #include "openvino/op/transpose.hpp"
 #include "openvino/op/unsqueeze.hpp"
 
 namespace edgedf {
+
+// for_row_blocks' workers, on OpenVINO's threads
+static const auto spawn = [](int64_t threads, const auto& worker) {
+    ov::parallel_nt_static(static_cast<int>(threads), [&](int, int) { worker(); });
+};
 
 // The op's inputs: x, then one BitLinear (w_packed, w_scale, bias: 3 inputs; with its RMSNorm fused in, also
 // norm_weight and norm_eps: 5); chained (with_chained_layer), a second BitLinear with its norm (5 more) that takes
@@ -150,9 +156,6 @@ public:
         OPENVINO_ASSERT(!res || inputs.back().get_shape() == ys, "TernaryLinear: the residual's shape is not the output's");
         const float* xd = inputs[0].data<const float>();
         const Isa isa = active_isa();
-        const auto spawn = [](int64_t threads, const auto& worker) {
-            ov::parallel_nt_static(static_cast<int>(threads), [&](int, int) { worker(); });
-        };
         for_row_blocks(isa, rows, parallel_get_max_threads(), spawn, [&](int64_t m0, int64_t m1) {
             // rows [m0, m1) of the [rows, n] output: in place, or (heads layout) in this thread's buffer
             static thread_local std::vector<float> h, o;
@@ -247,6 +250,69 @@ private:
         std::shared_ptr<Packed> packed;
     };
     std::shared_ptr<std::array<Cache, 2>> cache_ = std::make_shared<std::array<Cache, 2>>();
+};
+
+// softmax(q k^T) v of q (scaled), k^T (scaled) and v [B, H, T, D] as with_attention_inputs' op writes them: one op
+// instead of OpenVINO's MatMul, Softmax and MatMul (with_fused_attention), its output [B, H, T, D] or, tokens_major,
+// [B, T, H, D] (the Transpose that follows taken in: with_tokens_major). Query rows are handed out in blocks as the
+// BitLinear's are (for_row_blocks), each block's rows run by attention_rows.
+class Attention : public ov::op::Op {
+public:
+    OPENVINO_OP("Attention", "edgedf");
+
+    Attention() = default;
+    explicit Attention(const ov::OutputVector& args, bool tokens_major = false)
+        : Op(args), tokens_major_(tokens_major) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 3, "Attention takes q, k^T and v");
+        for (size_t i = 0; i < 3; ++i)
+            NODE_VALIDATION_CHECK(this, get_input_element_type(i) == ov::element::f32 &&
+                                            get_input_partial_shape(i).rank().compatible(4),
+                                  "Attention takes float32 q, k^T and v of rank 4");
+        auto out = get_input_partial_shape(0);
+        if (tokens_major_ && out.rank().is_static()) out = ov::PartialShape{out[0], out[2], out[1], out[3]};
+        set_output_type(0, ov::element::f32, out);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<Attention>(args, tokens_major_);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("tokens_major", tokens_major_);
+        return true;
+    }
+    bool tokens_major() const { return tokens_major_; }
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Shape s = inputs[0].get_shape();
+        OPENVINO_ASSERT(inputs[1].get_shape() == ov::Shape({s[0], s[1], s[3], s[2]}) && inputs[2].get_shape() == s,
+                        "Attention: q, k^T and v do not match");
+        const auto h = static_cast<int64_t>(s[1]), t = static_cast<int64_t>(s[2]), d = static_cast<int64_t>(s[3]);
+        outputs[0].set_shape(tokens_major_ ? ov::Shape{s[0], s[2], s[1], s[3]} : s);
+        const float *q = inputs[0].data<const float>(), *kt = inputs[1].data<const float>(),
+                    *v = inputs[2].data<const float>();
+        float* y = outputs[0].data<float>();
+        const Isa isa = TernaryLinear::active_isa();
+        const auto rows = static_cast<int64_t>(s[0] * s[1]) * t;
+        for_row_blocks(isa, rows, parallel_get_max_threads(), spawn, [&](int64_t m0, int64_t m1) {
+            for (int64_t m = m0; m < m1;) {  // the rows of each head in [m0, m1)
+                const int64_t head = m / t, r0 = m % t, r1 = std::min(t, r0 + m1 - m);
+                float* o = tokens_major_ ? y + ((head / h) * t * h + head % h) * d : y + head * t * d;
+                attention_rows(isa, q + head * t * d, kt + head * d * t, v + head * t * d, t, d, r0, r1, o,
+                               tokens_major_ ? h * d : d);
+                m += r1 - r0;
+            }
+        });
+        return true;
+    }
+
+private:
+    bool tokens_major_ = false;
 };
 
 // The RMSNorm in front of each BitLinear, as the canonical ONNX writes it (train.bitlinear.RMSNorm):
@@ -392,11 +458,21 @@ static ov::Output<ov::Node> with_heads_layout(const ov::Output<ov::Node>& in, co
     return std::make_shared<ov::op::v0::Concat>(stacked, 0);
 }
 
-// ONNX Transpose: the heads layout above; any other as OpenVINO converts it (no perm: the axes reversed).
+// The attention's output back in token order, as PyTorch exports x.transpose(1, 2) of it: Transpose(y, [0, 2, 1, 3])
+// of an Attention op becomes one that writes [B, T, H, D] itself.
+static std::shared_ptr<ov::Node> with_tokens_major(const ov::Output<ov::Node>& in, const std::vector<int64_t>& perm) {
+    const auto op = producer<Attention>(in);
+    if (!op || op->tokens_major() || perm != std::vector<int64_t>{0, 2, 1, 3}) return nullptr;
+    return std::make_shared<Attention>(op->input_values(), true);
+}
+
+// ONNX Transpose: the heads layout above, the attention's output in token order; any other as OpenVINO converts it
+// (no perm: the axes reversed).
 static ov::OutputVector convert_transpose(const ov::frontend::NodeContext& node) {
     const ov::Output<ov::Node> in = node.get_input(0);
     const auto perm = node.get_attribute<std::vector<int64_t>>("perm", {});
     if (auto fused = with_heads_layout(in, perm); fused.get_node()) return {fused};
+    if (auto fused = with_tokens_major(in, perm)) return {fused};
     const auto order = ov::op::v0::Constant::create(ov::element::i64, {perm.size()}, perm);
     return {std::make_shared<ov::op::v1::Transpose>(in, order)};
 }
@@ -478,10 +554,31 @@ static ov::Output<ov::Node> current(const ov::Output<ov::Node>& out) {
     return next ? next->output(out.get_index()) : out;
 }
 
-// ONNX MatMul: the attention's scores of a TernaryLinear's q and k above; any other MatMul as OpenVINO converts it.
+// The attention itself, MatMul(Softmax(MatMul(q', k'), last axis), v) of the three outputs of one op that
+// with_attention_inputs made, becomes one Attention op where the CPU has AVX-512 (without it, OpenVINO's own
+// attention runs faster than attention_rows' scalar loop). The scores' MatMul and the Softmax drop out of the model
+// where nothing else reads them.
+static std::shared_ptr<ov::Node> with_fused_attention(const ov::Output<ov::Node>& a, const ov::Output<ov::Node>& v) {
+    using namespace ov::op;
+    if (!zmm_path(TernaryLinear::active_isa())) return nullptr;
+    const auto softmax = producer<v8::Softmax>(a);
+    const auto scores = softmax ? producer<v0::MatMul>(softmax->input_value(0)) : nullptr;
+    if (!scores || scores->get_transpose_a() || scores->get_transpose_b()) return nullptr;
+    const auto axis = softmax->get_axis();
+    if (axis != -1 && axis != 3) return nullptr;
+    const auto op = producer<TernaryLinear>(scores->input_value(0));
+    if (!op || !op->k_transposed() || op->get_output_size() != 3 || scores->input_value(0) != op->output(0) ||
+        scores->input_value(1) != op->output(1) || v != op->output(2))
+        return nullptr;
+    return std::make_shared<Attention>(op->outputs());
+}
+
+// ONNX MatMul: the attention's scores of a TernaryLinear's q and k above, the attention itself; any other MatMul as
+// OpenVINO converts it.
 static ov::OutputVector convert_matmul(const ov::frontend::NodeContext& node) {
     const ov::Output<ov::Node> a = node.get_input(0), b = node.get_input(1);
     if (auto fused = with_attention_inputs(a, b)) return {fused};
+    if (auto fused = with_fused_attention(a, current(b))) return {fused};
     return {std::make_shared<ov::op::v0::MatMul>(current(a), current(b))};
 }
 
@@ -500,7 +597,7 @@ extern "C" OPENVINO_EXTENSION_C_API const char* edgedf_ternary_isa() {
 }
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
-    {std::make_shared<ov::OpExtension<edgedf::TernaryLinear>>(),
+    {std::make_shared<ov::OpExtension<edgedf::TernaryLinear>>(), std::make_shared<ov::OpExtension<edgedf::Attention>>(),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("TernaryLinear", "edgedf", edgedf::convert_ternary_linear),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("Mul", edgedf::convert_mul),
      std::make_shared<ov::frontend::onnx::ConversionExtension>("Add", edgedf::convert_add),

@@ -167,6 +167,9 @@ def _cpu_paths():
     return paths + ["amx"] * ("avx512_vnni" in flags and "amx_int8" in flags)
 
 
+ZMM_PATHS = ("avx512", "amx")  # the paths that run edgedf's own attention
+
+
 def _run_on_path(lib, isa, model: bytes, x, tmp_path, every=False):
     """The model's output (every=True: all its outputs, a list) on one CPU path, in its own process: the kernel picks
     its path once per process (EDGEDF_TERNARY_ISA forces one). Checks the process ran that path."""
@@ -454,10 +457,11 @@ def test_only_the_heads_split_itself_is_fused(native_kernel):
 SCALE = np.float32(64**-0.25)
 
 
-def _attention_model(codes, g, bias, tokens, heads, kt_perm=(0, 2, 1), q_out=False):
+def _attention_model(codes, g, bias, tokens, heads, kt_perm=(0, 2, 1), outputs=("y", "s")):
     """_qkv_model's q, k, v into the attention as PyTorch exports scaled_dot_product_attention(q, k, v):
     Softmax(Mul(q, c) @ Mul(c, Reshape(Transpose(Reshape(k, [-1, T, D]), [0, 2, 1]), [-1, H, D, T]))) @ v -> y,
-    and the scores -> s (and q itself too where q_out). Another kt_perm is not k's transpose."""
+    the scores -> s, and the ViT's y.transpose(1, 2).reshape(b, n, d) -> yt; `outputs` of these or q, k, v. Another
+    kt_perm is not k's transpose."""
     model = _qkv_model(codes, g, bias, tokens, heads)
     d = codes.shape[0] // (3 * heads)
     nodes = [
@@ -469,6 +473,8 @@ def _attention_model(codes, g, bias, tokens, heads, kt_perm=(0, 2, 1), q_out=Fal
         oh.make_node("MatMul", ["qs", "kts"], ["s"]),
         oh.make_node("Softmax", ["s"], ["p"], axis=-1),
         oh.make_node("MatMul", ["p", "v"], ["y"]),
+        oh.make_node("Transpose", ["y"], ["y2"], perm=[0, 2, 1, 3]),
+        oh.make_node("Reshape", ["y2", "s5"], ["yt"]),
     ]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(
@@ -476,11 +482,11 @@ def _attention_model(codes, g, bias, tokens, heads, kt_perm=(0, 2, 1), q_out=Fal
             numpy_helper.from_array(SCALE, "c"),
             numpy_helper.from_array(np.array([-1, tokens, d], np.int64), "s3"),
             numpy_helper.from_array(np.array([-1, heads, d, tokens], np.int64), "s4"),
+            numpy_helper.from_array(np.array([-1, tokens, heads * d], np.int64), "s5"),
         ]
     )
     del model.graph.output[:]
-    names = ("y", "s", "q") if q_out else ("y", "s")
-    model.graph.output.extend(oh.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    model.graph.output.extend(oh.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs)
     return model
 
 
@@ -523,16 +529,94 @@ def test_the_attentions_q_and_k_are_scaled_and_k_transposed_in_the_op_on_every_c
 
 
 def test_the_attention_reads_the_same_q_k_v_on_every_cpu_path(native_kernel, tmp_path):
-    # q (scaled), k^T (scaled) and v as each path's op writes them into the attention's layout: the attention's scores
-    # and output are the same bit for bit on every path, not only each close to the float64 reference
+    # q (scaled), k^T (scaled) and v as each path's op writes them into the attention's layout: the scores and v are
+    # the same bit for bit on every path, not only each close to the float64 reference, and so is the attention's
+    # output on every path that runs the same attention (edgedf's on AVX-512, OpenVINO's on the others)
     _, codes, g, bias = _cases()[1]  # N = 96 = 3 x 2 heads x D = 16: q, k and v share 6-row tiles of 4 blocks
-    model = _attention_model(codes[:96], g, bias[:96], tokens=5, heads=2).SerializeToString()
+    model = _attention_model(codes[:96], g, bias[:96], tokens=5, heads=2, outputs=("s", "v", "y")).SerializeToString()
     x = np.random.default_rng(5).standard_normal((7, 5, 384)).astype(np.float32)  # images across tiles
-    ref = _run_on_path(native_kernel, "scalar", model, x, tmp_path, every=True)
-    for isa in _cpu_paths()[1:]:
-        outs = _run_on_path(native_kernel, isa, model, x, tmp_path, every=True)
-        for name, out, r in zip(("y", "scores"), outs, ref, strict=True):
-            assert np.array_equal(out, r), f"{isa}: {name}, max diff {np.abs(out - r).max()}"
+    outs = {isa: _run_on_path(native_kernel, isa, model, x, tmp_path, every=True) for isa in _cpu_paths()}
+    for isa, out in outs.items():
+        same = next(p for p in outs if (p in ZMM_PATHS) == (isa in ZMM_PATHS))
+        for name, o, r in zip(("scores", "v", "y"), out, [*outs["scalar"][:2], outs[same][2]], strict=True):
+            assert np.array_equal(o, r), f"{isa}: {name}, max diff {np.abs(o - r).max()}"
+
+
+OPS_ON_PATH = """
+import sys, numpy as np, openvino as ov
+core = ov.Core()
+core.add_extension(sys.argv[1])
+model = core.read_model(model=open(sys.argv[2], 'rb').read(), weights=ov.Tensor(np.empty(0, np.uint8)))
+print(' '.join(op.get_type_name() for op in model.get_ops()))
+"""
+
+
+def _op_types_on_path(lib, isa, model: bytes, tmp_path) -> list[str]:
+    """The operations OpenVINO reads the ONNX into in a process on one CPU path."""
+    (tmp_path / "m.onnx").write_bytes(model)
+    proc = subprocess.run(
+        [sys.executable, "-c", OPS_ON_PATH, str(lib), "m.onnx"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGEDF_TERNARY_ISA": isa},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_the_attention_is_one_op_on_avx512_and_close_to_float64_on_every_cpu_path(native_kernel, tmp_path, isa):
+    # on AVX-512 paths MatMul, Softmax, MatMul and the Transpose back to token order become one Attention op that
+    # writes [B, T, H, D] itself; elsewhere OpenVINO's own ops stay. Either is float32 softmax(q k^T) v to within
+    # float32's precision, at T and D that end inside a 16-wide vector, span several 64-wide steps, and the ViT-S's
+    # T = 197, D = 64, over batches whose query rows are shared out across heads and images
+    rng = np.random.default_rng(6)
+    for tokens, heads, d, batch in ((5, 2, 16, 7), (13, 2, 12, 3), (197, 6, 64, 2), (40, 1, 80, 4), (17, 3, 24, 1)):
+        codes = rng.integers(-1, 2, (3 * heads * d, 96))
+        g, bias = np.float32(0.05), rng.standard_normal(3 * heads * d).astype(np.float32)
+        model = _attention_model(codes, g, bias, tokens, heads, outputs=("yt",)).SerializeToString()
+        ops = _op_types_on_path(native_kernel, isa, model, tmp_path)
+        if isa in ZMM_PATHS:
+            assert ops.count("Attention") == 1 and not {"MatMul", "Softmax", "Transpose"} & set(ops), ops
+        else:
+            assert "Attention" not in ops and ops.count("MatMul") == 2, ops
+        x = rng.standard_normal((batch, tokens, 96)).astype(np.float32)
+        y = _run_on_path(native_kernel, isa, model, x, tmp_path)
+        y_ref = _attention_reference(x, codes, g, bias, heads)[0].transpose(0, 2, 1, 3).reshape(batch, tokens, -1)
+        assert y.shape == y_ref.shape
+        assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max()), f"T {tokens}, D {d}, batch {batch}"
+
+
+@pytest.mark.skipif("avx512" not in _cpu_paths(), reason="the Attention op is made on AVX-512 CPUs only")
+def test_an_attention_op_moved_to_a_cpu_without_avx512_runs_its_scalar_loop(native_kernel, tmp_path):
+    # a model read (and so fused) here and saved as OpenVINO IR still runs where the CPU has no AVX-512
+    import openvino as ov
+
+    rng = np.random.default_rng(7)
+    codes, bias = rng.integers(-1, 2, (3 * 2 * 24, 96)), rng.standard_normal(3 * 2 * 24).astype(np.float32)
+    onnx_model = _attention_model(codes, np.float32(0.05), bias, 17, 2, outputs=("yt",)).SerializeToString()
+    core = ov.Core()
+    core.add_extension(str(native_kernel))
+    model = core.read_model(model=onnx_model, weights=ov.Tensor(np.empty(0, np.uint8)))
+    assert [op.get_type_name() for op in model.get_ops()].count("Attention") == 1
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    run = """
+import sys, numpy as np, openvino as ov
+core = ov.Core()
+core.add_extension(sys.argv[1])
+compiled = core.compile_model(core.read_model('m.xml'), 'CPU')
+np.save('y.npy', compiled(np.load('x.npy'))[0])
+"""
+    x = rng.standard_normal((3, 17, 96)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "EDGEDF_TERNARY_ISA": "scalar"}
+    proc = subprocess.run(
+        [sys.executable, "-c", run, str(native_kernel)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    y_ref = _attention_reference(x, codes, np.float32(0.05), bias, 2)[0].transpose(0, 2, 1, 3).reshape(3, 17, -1)
+    assert np.allclose(np.load(tmp_path / "y.npy"), y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
 
 
 def test_attention_inputs_are_taken_in_only_as_pytorch_exports_them(native_kernel):
@@ -550,7 +634,7 @@ def test_attention_inputs_are_taken_in_only_as_pytorch_exports_them(native_kerne
     k_other = (k * SCALE).reshape(7, 2, 16, 5)  # [T, D] read as [D, T]: k's values in another order
     s_other = (q * SCALE).astype(np.float64) @ k_other
     assert np.allclose(s, s_other, rtol=1e-5, atol=1e-5 * np.abs(s_other).max())
-    model = _attention_model(codes, g, bias, tokens=5, heads=2, q_out=True).SerializeToString()
+    model = _attention_model(codes, g, bias, tokens=5, heads=2, outputs=("y", "s", "q")).SerializeToString()
     ops = [a for t, a in _op_types(native_kernel, model) if t == "TernaryLinear"]
     assert sorted(a["k_transposed"] for a in ops) == [False, True]
     y, s, q_out = ov_backend.OpenVinoSession(model, extensions=(native_kernel,)).run({"x": x})
