@@ -758,8 +758,8 @@ static void for_row_blocks(Isa isa, int64_t rows, int64_t max_threads, Spawn spa
 // ---- The attention, softmax(q k^T) v in float32, for the heads of one op (edgedf::Attention) ----
 // q [T][D] and v [T][D] of one head, k^T [D][T] (q and k already scaled: with_attention_inputs), output row t at
 // o + t * o_stride. BitNet keeps the attention in float. Each tile: the scores of 6 query rows against all keys,
-// their softmax and those 6 rows of output, while the scores stay in L1 (in ViT-S on a Zen 5, 2.20 and 2.58 ms/img
-// against OpenVINO's MatMul/Softmax/MatMul's 2.66 and 2.79: results_profile_zen5.md and the run before it). Where
+// their softmax and those 6 rows of output, while the scores stay in L1 (in ViT-S on a Zen 5, 2.58 ms/img against
+// the 2.79 of OpenVINO's MatMul/Softmax/MatMul in the fp32 model: results_profile_zen5.md). Where
 // there is no AVX-512 the graph keeps OpenVINO's attention (with_fused_attention); the scalar loop below runs only
 // where an op made on an AVX-512 CPU is moved to one without (a saved IR).
 static void attention_rows_scalar(const float* q, const float* kt, const float* v, int64_t t, int64_t d, int64_t r0,
