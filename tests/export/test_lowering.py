@@ -10,6 +10,7 @@ from edgedf.export.lowering import LOWERINGS, lower, ternary_nodes
 from edgedf.export.onnx_export import export_onnx
 from edgedf.export.ptq import ternary_act_amax
 from edgedf.export.ternary_op import DOMAIN
+from edgedf.runtime.backends import ov_native
 from edgedf.runtime.spec import FaceCropSpec
 from edgedf.runtime.ternary import expand_packed_ternary, fold_constant_inputs
 
@@ -217,9 +218,9 @@ def test_int8_exact_after_onnx_runtimes_optimiser(canonical, tmp_path):
 
 def test_native_after_openvinos_optimiser(canonical, native_kernel):
     """What OpenVINO runs for a `native` bundle: the BitLinears, their RMSNorms included, as 3 edgedf nodes per
-    block (qkv in the attention's layout; proj with its residual; fc1 -> GELU -> fc2 with its residual); no norm of
-    OpenVINO's own (RMS, or its Power / Sqrt / Divide pieces) left in the compiled model (the head's LayerNorm is
-    OpenVINO's MVN)."""
+    block (qkv in the attention's layout; proj with its residual; fc1 -> GELU -> fc2 with its residual), and on
+    AVX-512 CPUs the attention as a fourth (no MatMul or Softmax left); no norm of OpenVINO's own (RMS, or its
+    Power / Sqrt / Divide pieces) left in the compiled model (the head's LayerNorm is OpenVINO's MVN)."""
     import openvino as ov
 
     _, proto = canonical
@@ -232,5 +233,11 @@ def test_native_after_openvinos_optimiser(canonical, native_kernel):
     assert sorted(len(op.inputs()) for op in fused) == [6] * blocks + [7] * blocks + [12] * blocks
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     kinds = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()]
-    assert kinds.count("Reference") == 3 * blocks  # the custom op: OpenVINO runs it through its evaluate()
+    avx512 = ov_native.cpu_path(native_kernel) in ("avx512-vnni", "amx-int8")
+    attention = [op for op in model.get_ops() if op.get_type_name() == "Attention"]
+    assert len(attention) == blocks * avx512 and all(op.get_attributes()["tokens_major"] for op in attention)
+    # the custom ops: OpenVINO runs them through their evaluate()
+    assert kinds.count("Reference") == (4 if avx512 else 3) * blocks
+    if avx512:
+        assert not {"MatMul", "Softmax"} & set(kinds), sorted(set(kinds))
     assert not {"RMS", "Power", "PowerStatic", "Sqrt", "Divide"} & set(kinds), sorted(set(kinds))
