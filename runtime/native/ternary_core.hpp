@@ -805,28 +805,38 @@ static inline __mmask16 first_lanes(int64_t count) {
     return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
 }
 
-// s[r][j .. j + 16 C) = sum_i q[r][i] k^T[i][j ..] for R rows: R x C accumulators, the last key vector masked
+// acc[r][c] = sum_k a[r * as + k] * b[k * bs + 16 c ..] for R rows and k < steps, the last vector of b masked:
+// both of the attention's products (q k^T: a = q, b = k^T; p v: a = p, b = v)
 template <int R, int C>
-__attribute__((target("avx512f"))) static void scores_tile(const float* q, const float* kt, int64_t t, int64_t d,
-                                                           int64_t j, __mmask16 last, float* s, int64_t sp) {
-    __m512 acc[R][C];
+__attribute__((target("avx512f"), always_inline)) static inline void fma_tile(const float* a, int64_t as,
+                                                                              const float* b, int64_t bs,
+                                                                              int64_t steps, __mmask16 last,
+                                                                              __m512 (&acc)[R][C]) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < d; ++i) {
-        const float* kr = kt + i * t + j;
-        __m512 k[C];
+    for (int64_t k = 0; k < steps; ++k) {
+        const float* br = b + k * bs;
+        __m512 w[C];
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c)
-            k[c] = c == C - 1 ? _mm512_maskz_loadu_ps(last, kr + 16 * c) : _mm512_loadu_ps(kr + 16 * c);
+            w[c] = c == C - 1 ? _mm512_maskz_loadu_ps(last, br + 16 * c) : _mm512_loadu_ps(br + 16 * c);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-            const __m512 qb = _mm512_set1_ps(q[r * d + i]);
+            const __m512 ab = _mm512_set1_ps(a[r * as + k]);
 #pragma GCC unroll 4
-            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qb, k[c], acc[r][c]);
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(ab, w[c], acc[r][c]);
         }
     }
+}
+
+// s[r][j .. j + 16 C) = sum_i q[r][i] k^T[i][j ..] for R rows
+template <int R, int C>
+__attribute__((target("avx512f"))) static void scores_tile(const float* q, const float* kt, int64_t t, int64_t d,
+                                                           int64_t j, __mmask16 last, float* s, int64_t sp) {
+    __m512 acc[R][C];
+    fma_tile<R, C>(q, d, kt + j, t, d, last, acc);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -839,23 +849,7 @@ __attribute__((target("avx512f"))) static void values_tile(const float* p, int64
                                                            int64_t d, int64_t i, __mmask16 last, const float* inv,
                                                            float* o, int64_t o_stride) {
     __m512 acc[R][C];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < t; ++j) {
-        const float* vr = v + j * d + i;
-        __m512 w[C];
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c)
-            w[c] = c == C - 1 ? _mm512_maskz_loadu_ps(last, vr + 16 * c) : _mm512_loadu_ps(vr + 16 * c);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m512 pb = _mm512_set1_ps(p[r * sp + j]);
-#pragma GCC unroll 4
-            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(pb, w[c], acc[r][c]);
-        }
-    }
+    fma_tile<R, C>(p, sp, v + i, d, t, last, acc);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
         const __m512 f = _mm512_set1_ps(inv[r]);
