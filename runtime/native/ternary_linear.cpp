@@ -27,7 +27,8 @@
 // And, as each ViT block has them, fc2 is chained to fc1 (with_chained_layer: the hidden rows never leave the
 // thread's cache) and the residual add after proj and fc2 is taken in (with_residual). qkv writes q, k and v in the
 // attention's layout (with_heads_layout), q and k already scaled for its scores and k transposed
-// (with_attention_inputs).
+// (with_attention_inputs). Where the CPU has AVX-512, the attention itself, float32 as BitNet keeps it, then runs
+// as edgedf's Attention op (with_fused_attention), its output already in token order (with_tokens_major).
 
 #include "ternary_core.hpp"
 
