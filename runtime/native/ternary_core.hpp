@@ -132,6 +132,11 @@ static void quantize_rows_scalar(const float* x, int64_t rows, int64_t k, int64_
 }
 
 #if defined(__x86_64__)
+// the mask of a 16-lane vector's first `count` lanes (all of them from 16 on)
+static inline __mmask16 first_lanes(int64_t count) {
+    return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+}
+
 __attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(const float* x, int64_t rows, int64_t k,
                                                                              int64_t k4, uint8_t* a, float* s) {
     const __m512i off = _mm512_set1_epi32(128), flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -144,7 +149,7 @@ __attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(con
             for (int j = 0; j < 4; ++j)
                 vmax[j] = _mm512_max_ps(vmax[j], _mm512_abs_ps(_mm512_loadu_ps(xr + c + 16 * j)));
         for (; c < k; c += 16) {
-            const __mmask16 mk = static_cast<__mmask16>(k - c >= 16 ? 0xFFFF : (1u << (k - c)) - 1);
+            const __mmask16 mk = first_lanes(k - c);
             vmax[0] = _mm512_max_ps(vmax[0], _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, xr + c)));
         }
         const __m512 amax = _mm512_max_ps(_mm512_max_ps(vmax[0], vmax[1]), _mm512_max_ps(vmax[2], vmax[3]));
@@ -163,7 +168,7 @@ __attribute__((target("avx512f,avx512bw"))) static void quantize_rows_avx512(con
             _mm512_storeu_si512(ar + i, _mm512_xor_si512(_mm512_permutexvar_epi32(order, b), flip));
         }
         for (; i < k; i += 16) {
-            const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
+            const __mmask16 mk = first_lanes(k - i);
             const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), sv)), off);
             _mm512_mask_cvtepi32_storeu_epi8(ar + i, mk, q);
         }
@@ -258,7 +263,7 @@ __attribute__((target("avx512f"))) static void rms_norm_row_avx512(const float* 
                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p0), 1)));
     const __m512 iv = _mm512_set1_ps(rms_inverse(h, xr, i, k, eps));
     for (i = 0; i < k; i += 16) {
-        const __mmask16 mk = static_cast<__mmask16>(k - i >= 16 ? 0xFFFF : (1u << (k - i)) - 1);
+        const __mmask16 mk = first_lanes(k - i);
         const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + i), iv),
                                        _mm512_maskz_loadu_ps(mk, gamma + i));
         _mm512_mask_storeu_ps(o + i, mk, v);
@@ -448,7 +453,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void tile_avx512(c
     for (int b = 0; b < NB; ++b) {
         const int64_t n0 = (nb + b) * kBlock;
         if (n0 >= p.n) break;
-        const __mmask16 mask = static_cast<__mmask16>(p.n - n0 >= kBlock ? 0xFFFF : (1u << (p.n - n0)) - 1);
+        const __mmask16 mask = first_lanes(p.n - n0);
         const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(p.colsum.data() + n0), 7);  // 128 * colsum
         const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + n0);
 #pragma GCC unroll 16
@@ -633,7 +638,7 @@ __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void tile_a
     _tile_stored(3, &c[16][16], 128);
     for (int b = 0; b < 2; ++b) {
         const int64_t n0 = (nb + b) * kBlock;
-        const __mmask16 mask = static_cast<__mmask16>(p.n - n0 >= kBlock ? 0xFFFF : (1u << (p.n - n0)) - 1);
+        const __mmask16 mask = first_lanes(p.n - n0);
         const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(p.colsum.data() + n0), 7);  // 128 * colsum
         const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + n0);
         for (int r = 0; r < 32; ++r) {
@@ -801,10 +806,6 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 exp_avx51
     return _mm512_scalef_ps(p, n);
 }
 
-static inline __mmask16 first_lanes(int64_t count) {
-    return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
-}
-
 // acc[r][c] = sum_k a[r * as + k] * b[k * bs + 16 c ..] for R rows and k < steps, the last vector of b masked:
 // both of the attention's products (q k^T: a = q, b = k^T; p v: a = p, b = v)
 template <int R, int C>
@@ -885,7 +886,9 @@ template <int R>
 __attribute__((target("avx512f"))) static void attention_tile(const float* q, const float* kt, const float* v,
                                                               int64_t t, int64_t d, float* o, int64_t o_stride,
                                                               float* s, int64_t sp) {
-    in_steps(t, [&](auto c, int64_t j, __mmask16 last) { scores_tile<R, decltype(c)::value>(q, kt, t, d, j, last, s, sp); });
+    in_steps(t, [&](auto c, int64_t j, __mmask16 last) {
+        scores_tile<R, decltype(c)::value>(q, kt, t, d, j, last, s, sp);
+    });
     float inv[R];
     const int64_t whole = t / 16 * 16;
     const __mmask16 tail = first_lanes(t - whole);
@@ -906,7 +909,9 @@ __attribute__((target("avx512f"))) static void attention_tile(const float* q, co
         _mm512_storeu_ps(sr + whole, e);
         inv[r] = 1.f / _mm512_reduce_add_ps(sum);
     }
-    in_steps(d, [&](auto c, int64_t i, __mmask16 last) { values_tile<R, decltype(c)::value>(s, sp, v, t, d, i, last, inv, o, o_stride); });
+    in_steps(d, [&](auto c, int64_t i, __mmask16 last) {
+        values_tile<R, decltype(c)::value>(s, sp, v, t, d, i, last, inv, o, o_stride);
+    });
 }
 
 static void attention_rows_avx512(const float* q, const float* kt, const float* v, int64_t t, int64_t d, int64_t r0,
