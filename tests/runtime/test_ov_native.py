@@ -170,20 +170,27 @@ def _cpu_paths():
 ZMM_PATHS = ("avx512", "amx")  # the paths that run edgedf's own attention
 
 
-def _run_on_path(lib, isa, model: bytes, x, tmp_path, every=False):
-    """The model's output (every=True: all its outputs, a list) on one CPU path, in its own process: the kernel picks
-    its path once per process (EDGEDF_TERNARY_ISA forces one). Checks the process ran that path."""
-    (tmp_path / "m.onnx").write_bytes(model)
-    np.save(tmp_path / "x.npy", x)
+def _python_on_path(isa, script: str, *args, cwd) -> str:
+    """What `python -c script args` prints in its own process on one CPU path: the kernel picks its path once per
+    process (EDGEDF_TERNARY_ISA forces one)."""
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, str(lib), "m.onnx", "x.npy", "y.npz"],
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
         text=True,
         env={**os.environ, "EDGEDF_TERNARY_ISA": isa},
-        cwd=tmp_path,  # not the checkout, whose edgedf/ would shadow an installed wheel
+        cwd=cwd,  # not the checkout, whose edgedf/ would shadow an installed wheel
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8", "avxvnni": "avx-vnni"}.get(isa, isa)
+    return proc.stdout
+
+
+def _run_on_path(lib, isa, model: bytes, x, tmp_path, every=False):
+    """The model's output (every=True: all its outputs, a list) on one CPU path, in its own process. Checks the
+    process ran that path."""
+    (tmp_path / "m.onnx").write_bytes(model)
+    np.save(tmp_path / "x.npy", x)
+    out = _python_on_path(isa, RUN_ONE, lib, "m.onnx", "x.npy", "y.npz", cwd=tmp_path)
+    assert out.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8", "avxvnni": "avx-vnni"}.get(isa, isa)
     with np.load(tmp_path / "y.npz") as f:
         outs = [f[f"arr_{i}"] for i in range(len(f.files))]
     return outs if every else outs[0]
@@ -554,15 +561,7 @@ print(' '.join(op.get_type_name() for op in model.get_ops()))
 def _op_types_on_path(lib, isa, model: bytes, tmp_path) -> list[str]:
     """The operations OpenVINO reads the ONNX into in a process on one CPU path."""
     (tmp_path / "m.onnx").write_bytes(model)
-    proc = subprocess.run(
-        [sys.executable, "-c", OPS_ON_PATH, str(lib), "m.onnx"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "EDGEDF_TERNARY_ISA": isa},
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout.split()
+    return _python_on_path(isa, OPS_ON_PATH, lib, "m.onnx", cwd=tmp_path).split()
 
 
 @pytest.mark.parametrize("isa", _cpu_paths())
@@ -610,11 +609,7 @@ np.save('y.npy', compiled(np.load('x.npy'))[0])
 """
     x = rng.standard_normal((3, 17, 96)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    env = {**os.environ, "EDGEDF_TERNARY_ISA": "scalar"}
-    proc = subprocess.run(
-        [sys.executable, "-c", run, str(native_kernel)], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _python_on_path("scalar", run, native_kernel, cwd=tmp_path)
     y_ref = _attention_reference(x, codes, np.float32(0.05), bias, 2)[0].transpose(0, 2, 1, 3).reshape(3, 17, -1)
     assert np.allclose(np.load(tmp_path / "y.npy"), y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
 
