@@ -15,7 +15,7 @@ from typing import Any
 from edgedf.runtime.errors import EdgedfError
 from edgedf.runtime.fsutil import atomic_write_bytes
 
-from .bench import COLUMNS, table_cells
+from .bench import batch_note, columns, run_facts, table_cells
 
 STAGE_ORDER = ("decode", "detect", "track", "align", "classify", "aggregate", "annotate")
 
@@ -52,8 +52,9 @@ def merged_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for res in results:
         h = res.get("host", {})
         host = f"{h.get('cpu', '?')} ({h.get('hostname', '?')})"
+        batches = tuple((res.get("options") or {}).get("batches") or (1, 8))
         for r in res["rows"]:
-            rows.append({**r, "host": host, "time": res.get("time")})
+            rows.append({**r, "host": host, "time": res.get("time"), "batches": batches})
     return rows
 
 
@@ -254,6 +255,9 @@ def build_report(results: list[dict[str, Any]], title: str = "edgedf bench repor
     doc.para(
         f"{len(rows)} bundle runs from {len(results)} bench result(s) on {len(hosts)} device(s): " + "; ".join(hosts)
     )
+    for res in results:  # what each result's figures rest on (runs, warm-up, threads, load, flags, versions)
+        facts = run_facts(res) if {"runs", "warmup"} <= set(res.get("options") or {}) else "no run facts recorded."
+        doc.para(f"{res.get('host', {}).get('hostname', '?')}, {res.get('time')}: {facts}")
     by_target: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_target[str(r.get("target"))].append(r)
@@ -262,12 +266,13 @@ def build_report(results: list[dict[str, Any]], title: str = "edgedf bench repor
         dev = next((r.get("device") for r in rs if r.get("device")), None)
         if dev:
             doc.para(dev)
-        doc.table(["Host", *COLUMNS], [[r["host"], *table_cells(r)] for r in rs])
-    doc.para(
-        "Status: ✅ runs and passes; ❎ runs but fails parity or the AUC floor; ❌ does not run there. "
-        "ms/face b1: median (p90, p99) batch-1 latency after warm-up, with the target's threads; "
-        "faces/s b8: batch-8 throughput; peak RSS of the process that ran the bundle."
-    )
+        # one table per set of batch sizes timed: the column names say which (columns())
+        for batches in sorted({r["batches"] for r in rs}):
+            cells = [[r["host"], *table_cells(r)] for r in rs if r["batches"] == batches]
+            doc.table(["Host", *columns(batches)], cells)
+    doc.para("Status: ✅ runs and passes; ❎ runs but fails parity or the AUC floor; ❌ does not run there.")
+    for batches in sorted({r["batches"] for r in rows}):
+        doc.para(batch_note(batches))
     doc.heading("Plots")
     images: dict[str, bytes] = {}
     add_plots(doc, rows, images)

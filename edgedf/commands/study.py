@@ -118,7 +118,7 @@ def training_facts(meta: dict[str, Any]) -> str:
 
 
 def render(study: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    from edgedf.devices.bench import status_cell
+    from edgedf.devices.bench import run_facts, status_cell
     from edgedf.devices.report import Doc, add_plots
 
     doc = Doc("edgedf study: fp32 vs int8-PTQ vs int8-QAT vs ternary (BitLinear)")
@@ -129,6 +129,7 @@ def render(study: dict[str, Any], out: Path) -> tuple[Path, Path]:
     )
     if study.get("command"):
         doc.para(f"Command: {study['command']}")
+    doc.para(f"Timing: {run_facts(study['bench'])}")
     doc.heading("Checkpoints")
     cks = study["checkpoints"]
     doc.table(

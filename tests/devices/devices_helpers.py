@@ -16,21 +16,21 @@ def astronaut_bgr() -> np.ndarray:
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
-def tiny_checkpoint(variant: str, out: Path, seed: int = 0) -> Path:
+def tiny_checkpoint(variant: str, out: Path, seed: int = 0, dim: int = 32) -> Path:
     """A random tiny ViT (32 px), random biases and norm weights, p(fake) spread over (0, 1) (train.smoke.perturb)."""
     from edgedf.train.checkpoint import save_checkpoint
 
-    return save_checkpoint(_tiny_vit(variant, seed).eval(), out)
+    return save_checkpoint(_tiny_vit(variant, seed, dim).eval(), out)
 
 
-def _tiny_vit(variant: str = "fp", seed: int = 0):
+def _tiny_vit(variant: str = "fp", seed: int = 0, dim: int = 32):
     import torch
 
     from edgedf.train.smoke import perturb
     from edgedf.train.vit import ViTConfig, build_model
 
     torch.manual_seed(seed)
-    cfg = ViTConfig(preset=None, img_size=32, patch_size=8, dim=32, depth=2, heads=2, variant=variant)
+    cfg = ViTConfig(preset=None, img_size=32, patch_size=8, dim=dim, depth=2, heads=2, variant=variant)
     return perturb(build_model(cfg), seed)
 
 

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from devices_helpers import export, tiny_checkpoint
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -88,6 +89,7 @@ def test_rounds_pool_every_round_s_samples(bundles):
             assert lat["runs"] == len(ms) == 6
             assert lat["median_ms"] == pytest.approx(np.median(ms), abs=1e-3)
             assert lat["p90_ms"] == pytest.approx(np.percentile(ms, 90), abs=1e-3)
+            assert lat["p99_ms"] == pytest.approx(np.percentile(ms, 99), abs=1e-3)
             assert lat["faces_per_s"] == pytest.approx(1e3 * int(b) / np.median(ms), rel=1e-3)
         assert row["ms_b1"] == row["latency"]["1"]["median_ms"]
         assert row["faces_s_b8"] == row["latency"]["8"]["faces_per_s"]
@@ -149,6 +151,17 @@ def test_peak_rss_is_the_childs_own(bundles):
     res = bench([bundles["ort_fp32"]], BenchOptions(runs=2, warmup=1))
     assert ballast.sum() > 0
     assert 20 < res["rows"][0]["peak_rss_mb"] < 300
+
+
+@pytest.mark.slow
+def test_peak_rss_counts_the_model_it_ran(bundles, tmp_path):
+    """Peak RSS is read after the model is loaded and run: a bundle with about 57 MB more weights shows them (read
+    before the load, both processes would show the same interpreter and libraries)."""
+    wide = export(tiny_checkpoint("fp", tmp_path / "ck", dim=768), "ort", "fp32", tmp_path / "wide")
+    res = bench([bundles["ort_fp32"], wide], BenchOptions(runs=2, warmup=1))
+    small, big = (r["peak_rss_mb"] for r in res["rows"])
+    weights_mb = load_bundle(wide).manifest["files"]["model.onnx"]["bytes"] / 1e6
+    assert weights_mb > 50 and big - small > 0.8 * weights_mb, (small, big, weights_mb)
 
 
 def test_target_override_runs_ort_bundle_on_openvino(bundles):

@@ -93,6 +93,28 @@ def test_report_merges_devices(bench_results, tmp_path):
     for name in ("latency_auc.png", "size.png", "stages.png"):
         assert f"]({name})" in md and (out / name).stat().st_size > 1000
     assert "✅ pass" in md  # a word beside each icon: a page without an emoji font still says it
+    # each result's run facts, and the batch sizes each was timed at in its columns (b1/b8 here)
+    assert md.count("2 timed runs per batch size after 1 warm-up") == 2 and "pi5, " in md
+    assert "ms/face b1" in md and "faces/s b8" in md
+
+
+def test_report_names_the_batch_sizes_each_result_timed(bench_results, tmp_path):
+    """A result benched with --batch 2,16 keeps its own columns (b2/b16) beside one benched at 1,8."""
+    other = copy.deepcopy(bench_results)
+    other["host"]["hostname"] = "kiosk"
+    other["options"]["batches"] = [2, 16]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(bench_results))
+    b.write_text(json.dumps(other))
+    r = runner.invoke(app, ["report", str(a), str(b), "--out", str(tmp_path / "report")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "report" / "report.md").read_text()
+    # per target, a table for each set of batch sizes: 3 targets x 2
+    assert md.count("| Host | Target |") == 6
+    assert md.count("ms/face b2 |") == 3 and md.count("faces/s b16 |") == 3 and md.count("faces/s b8 |") == 3
+    tables = md.split("| Host | Target |")[1:]
+    assert all(("kiosk" in t) == ("b16 |" in t.split("\n", 1)[0]) for t in tables)
+    assert "batch-16 throughput" in md and "batch-8 throughput" in md
 
 
 def test_report_page_fits_a_1280px_browser(tmp_path, bench_results):

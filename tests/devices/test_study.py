@@ -37,6 +37,7 @@ def test_study_on_tiny_checkpoints(tmp_path, labelled, coin_flip):
     # the comparison renders: a checkpoints table and the comparison table, plots embedded
     md = (out / "study.md").read_text()
     assert "Δ AUC frame" in md and "int8-qat" in md
+    assert "3 timed runs per batch size after 10 warm-up" in md and "flags" in md and "onnxruntime" in md
 
     class P(HTMLParser):
         imgs = 0
@@ -79,3 +80,21 @@ def test_study_reuses_a_bundle_only_from_the_same_checkpoint(tmp_path, bundles):
     m["model"]["checkpoint_sha256"] = sha256_file(other / "model.safetensors")
     (same / "manifest.json").write_text(json.dumps(m))
     assert bundle_from(same, other) and b.manifest["model"]["checkpoint_sha256"] != m["model"]["checkpoint_sha256"]
+
+
+def test_compare_signs():
+    """Deltas are arm minus fp32 on the same target (a worse AUC is negative), speed-ups fp32's time over the arm's
+    (faster is above 1), sizes the arm's over fp32's; a target without an fp32 row gets no deltas."""
+    from edgedf.commands.study import compare
+
+    def row(target, precision, auc, ms, fps, mb):
+        return {"target": target, "backend": "ort", "precision": precision, "status": "pass", "icon": "✅",
+                "auc_frame": auc, "auc_video": None, "ms_b1": ms, "faces_s_b8": fps, "size_mb": mb}  # fmt: skip
+
+    rows = [row("ort", "ternary", 0.70, 2.0, 800.0, 3.0), row("ort", "fp32", 0.75, 4.0, 400.0, 12.0),
+            row("cpu", "int8-ptq", 0.9, 1.0, 10.0, 1.0)]  # fmt: skip
+    tern, fp, cpu = compare(rows)
+    assert tern["d_auc_frame"] == -0.05 and fp["d_auc_frame"] == 0.0
+    assert tern["speedup_b1_vs_fp32"] == 2.0 and tern["speedup_b8_vs_fp32"] == 2.0
+    assert tern["size_vs_fp32"] == 0.25 and tern["d_auc_video"] is None
+    assert "d_auc_frame" not in cpu and "speedup_b8_vs_fp32" not in cpu
