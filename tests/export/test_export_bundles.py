@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edgedf.cli import app
@@ -256,10 +257,24 @@ def test_lowering_deviations_are_recorded(checkpoints, tmp_path, target, lowerin
 def test_int8_ptq_weights_fit_cpus_without_vnni(checkpoints, tmp_path, target, half_range):
     """x86 int8 kernels without VNNI sum u8 x s8 pairs in int16 and saturate on full-range weights: CPU
     bundles quantise weights to half the range (recorded); TensorRT's GPU kernels keep the full range."""
-    _, m = export_bundle(
+    path, m = export_bundle(
         checkpoints["fp"],
         ExportOptions(target=target, precision="int8-ptq", out=tmp_path / "b", verify_n=8, calib_n=16),
     )
     assert any("half their range" in d for d in m["deviations"]) == half_range, m["deviations"]
     if target == "cpu":
         assert m["calibration"]["overflow_fix"] == "enable"
+    # the int8 weights themselves: within +-64 (7 bits) on the CPU targets, the full +-127 for TensorRT
+    if target == "cpu":
+        import openvino as ov
+
+        consts = [op.get_data() for op in ov.Core().read_model(str(path / "model.xml")).get_ops()
+                  if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]  # fmt: skip
+    else:
+        g = onnx.load(str(path / "model.onnx")).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        consts = [inits[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+        consts = [c for c in consts if c.dtype == np.int8]
+    assert len(consts) >= 8  # the linears of two blocks
+    peak = max(int(np.abs(c.astype(np.int32)).max()) for c in consts)
+    assert peak <= 64 if half_range else peak == 127, peak
