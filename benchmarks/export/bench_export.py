@@ -114,6 +114,9 @@ def make_checkpoints(preset: str, root: Path) -> dict[str, Path]:
     return out
 
 
+WARMUP = 2  # untimed runs per configuration and batch size before the rounds
+
+
 def time_bundles(paths: list[Path], threads: int, runs: int) -> list[dict]:
     """Interleaved timing: every round times each bundle once at batch 1 and once at batch 8, so load
     from other processes on this shared machine hits all configurations alike (ratios stay fair)."""
@@ -124,7 +127,7 @@ def time_bundles(paths: list[Path], threads: int, runs: int) -> list[dict]:
     xs = {b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in (1, 8)}
     for clf in clfs:  # warm-up
         for x in xs.values():
-            for _ in range(2):
+            for _ in range(WARMUP):
                 clf.infer(x)
     times: list[dict[int, list[float]]] = [{1: [], 8: []} for _ in clfs]
     for _ in range(runs):
@@ -230,6 +233,7 @@ def main() -> None:
     meta = {
         "machine": f"{host['cpu']} ({', '.join(host['cpu_flags']) or 'no AVX2/VNNI flags'}), {args.threads} threads",
         "load_before": load_before,
+        "runs": args.runs,
         "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
         "openvino": __import__("openvino").__version__,
@@ -267,7 +271,8 @@ def write_markdown(meta: dict, rows: list[dict], failed: list[dict], out: Path) 
         f"Machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, openvino {meta['openvino']}, "
         f"torch {meta['torch']}; {meta['date']}. {meta['models']} "
         "(export gate 95 % on random crops: see MIN_AGREEMENT). Latency per "
-        "image, median (p90) over interleaved rounds after warm-up (each round times every configuration once, "
+        f"image, median (p90) over {meta['runs']} interleaved rounds after {WARMUP} warm-up runs at each batch size "
+        "(each round times every configuration once, "
         "so background load hits all alike); speed-up against fp32 on the same backend. "
         "Load average before/after: "
         f"{meta['load_before'][0]:.1f} / {meta['load_after'][0]:.1f} (other jobs shared the 2 cores: compare "

@@ -8,7 +8,7 @@ a cache:
     python -m edgedf.runtime.backends.ov_native       # build now; prints the library and the CPU path it uses
 
 It computes BitNet's per-token int8 codes exactly (the same codes as PyTorch and the `int8-exact` ONNX
-Runtime lowering) and a ternary GEMM with an AVX-512 VNNI, an AVX2 or a scalar path chosen at run time.
+Runtime lowering) and a ternary GEMM on a path chosen at run time (AMX, AVX-512 VNNI, AVX-VNNI, AVX2, scalar).
 Where it cannot be built (no C++ compiler, not Linux), a `native` bundle still runs: runtime/ternary.py
 expands each TernaryLinear into the same arithmetic in stock ops (about fp32 speed; OpenVINO computes
 127 / absmax there as a reciprocal multiply, so a code on a .5 boundary can round the other way).
