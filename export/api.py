@@ -183,7 +183,8 @@ def export_bundle(checkpoint: Path, opts: ExportOptions, progress=None) -> tuple
                     f"{why}: BitNet's per-token absmax int8 activations become static per-tensor Q/DQ with "
                     "calibrated scales"
                 )  # fmt: skip
-            if dev := lowering.deviation(lowering_used, ck.config.dim):
+            ks = (ck.config.dim, int(ck.config.dim * ck.config.mlp_ratio))  # the linears' input sizes
+            if dev := lowering.deviation(lowering_used, ks):
                 deviations.append(dev)
             if lowering_used == lowering.NATIVE:  # the canonical graph itself
                 lowered = canonical

@@ -20,7 +20,7 @@ TensorRT loader expands to an int8 initializer before the engine build (runtime/
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -229,9 +229,10 @@ DEVIATIONS = {
 }
 
 
-def deviation(lowering: str, k: int = 128) -> str | None:
+def deviation(lowering: str, ks: Iterable[int] = (128,)) -> str | None:
+    """The deviation text of `lowering` for linears of these input sizes (their block sizes), or None."""
     text = DEVIATIONS.get(lowering)
-    return text.format(bs=_block_size(k)) if text else None
+    return text.format(bs=" or ".join(str(b) for b in sorted({_block_size(k) for k in ks}))) if text else None
 
 
 RULES: dict[str, Rule] = {

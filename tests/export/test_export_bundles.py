@@ -236,7 +236,7 @@ def test_qdq_deviation_names_the_backend_it_is_for(checkpoints, tmp_path):
 @pytest.mark.parametrize(
     "target, lowering_name, words",
     [
-        ("rpi", None, "per block of 32 inputs"),  # the rpi default, MatMulNBits; tiny model: K = 32
+        ("rpi", None, "per block of 32 or 128 inputs"),  # the rpi default, MatMulNBits; tiny model: K 32, 128
         ("ort", "int8-dynamic", "one dynamic uint8 scale per tensor"),
         ("rpi4", None, "int8-exact"),  # BitNet's arithmetic, nothing to declare
         ("ort", None, "native"),  # the same, in edgedf's kernel
