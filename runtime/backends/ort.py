@@ -79,8 +79,9 @@ def model_for_bundle(bundle) -> Path | bytes:
     from . import ort_native
 
     try:
-        model = NativeModel(bundle.entry.read_bytes())
-        model.library = ort_native.library()
+        library = ort_native.library()
+        model = NativeModel(ort_native.fuse(bundle.entry.read_bytes()))
+        model.library = library
         return model
     except EdgedfError as e:
         _warn_once(f"edgedf: {e}; the ternary layers run in ONNX Runtime's own int8 kernels")

@@ -68,6 +68,175 @@ def library() -> Path:
     return lib
 
 
+def fuse(model: bytes) -> bytes:
+    """The canonical graph with what surrounds each TernaryLinear taken into it, for edgedf's op: the RMSNorm in
+    front (inputs norm_weight, norm_eps), the GELU after it (attribute gelu) and a residual add after it (input
+    residual), as the OpenVINO op's conversion does (runtime/native/ternary_linear.cpp). The norm, GELU and add nodes
+    drop out where nothing else reads them. Needs the onnx package; without it, the graph as it is."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        _note("edgedf: onnx is not installed, so edgedf's op runs without the norm, GELU and residual fused in "
+              "(pip install onnx)")  # fmt: skip
+        return model
+    proto = onnx.load_from_string(model)
+    g = proto.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    kept_outputs = {o.name for o in g.output}
+
+    def made_by(name: str, op: str):
+        n = producer.get(name)
+        return n if n is not None and n.op_type == op and not n.domain else None
+
+    def const(name: str, value: float | None = None) -> bool:
+        v = consts.get(name)
+        return v is not None and v.size == 1 and (value is None or abs(float(v.reshape(())) - value) < 1e-6)
+
+    def only_reader(name: str):
+        r = readers.get(name, [])
+        return r[0] if len(r) == 1 and name not in kept_outputs else None
+
+    def other(n, name: str) -> str:
+        return n.input[1] if n.input[0] == name else n.input[0]
+
+    def norm_of(x: str) -> list[str] | None:
+        """[x before the norm, weight, eps] where x = Mul(Div(x0, Sqrt(Add(ReduceMean(Pow(x0, 2), -1), eps))), w)."""
+        mul = made_by(x, "Mul")
+        for a, w in ((0, 1), (1, 0)) if mul is not None else ():
+            div = made_by(mul.input[a], "Div")
+            sqrt = made_by(div.input[1], "Sqrt") if div is not None else None
+            add = made_by(sqrt.input[0], "Add") if sqrt is not None else None
+            if add is None or mul.input[w] not in consts:
+                continue
+            for m, e in ((0, 1), (1, 0)):
+                mean = made_by(add.input[m], "ReduceMean")
+                pw = made_by(mean.input[0], "Pow") if mean is not None else None
+                keepdims = [a.i for a in mean.attribute if a.name == "keepdims"] if mean is not None else []
+                last = mean is not None and (
+                    (len(mean.input) > 1 and const(mean.input[1], -1)) or
+                    any(a.name == "axes" and list(a.ints) == [-1] for a in mean.attribute)
+                )  # fmt: skip
+                if (pw is not None and last and keepdims in ([], [1]) and const(add.input[e]) and const(pw.input[1], 2)
+                        and pw.input[0] == div.input[0] and consts[mul.input[w]].ndim == 1):  # fmt: skip
+                    return [div.input[0], mul.input[w], add.input[e]]
+        return None
+
+    def gelu_of(t: str) -> list | None:
+        """The nodes of Mul(t, Mul(0.5, Add(Erf(Div(t, sqrt 2)), 1))) (nn.GELU() as PyTorch exports it), or None."""
+        r = readers.get(t, [])
+        div = next((n for n in r if n.op_type == "Div" and n.input[0] == t and const(n.input[1], 2**0.5)), None)
+        erf = only_reader(div.output[0]) if div is not None else None
+        add = only_reader(erf.output[0]) if erf is not None and erf.op_type == "Erf" else None
+        half = only_reader(add.output[0]) if add is not None and add.op_type == "Add" else None
+        out = only_reader(half.output[0]) if half is not None and half.op_type == "Mul" else None
+        if out is None or out.op_type != "Mul" or len(r) != 2 or other(out, half.output[0]) != t:
+            return None
+        ok = const(other(add, erf.output[0]), 1.0) and const(other(half, add.output[0]), 0.5)
+        return [div, erf, add, half, out] if ok else None
+
+    shapes = _shapes(proto)
+    normed: dict[str, int] = {}  # x in front of a fused norm -> the norm's width (K): the blocks' residual stream
+    order = {o: i for i, n in enumerate(g.node) for o in n.output}
+    order.update({v.name: -1 for v in g.input}, **{name: -1 for name in consts})
+    replaced: set[str] = set()  # outputs of the GELU and add nodes taken into an op
+    for node in g.node:
+        if node.op_type != "TernaryLinear" or node.domain != "edgedf" or len(node.input) != 4:
+            continue
+        inputs = list(node.input)
+        norm = norm_of(inputs[0])
+        if norm is not None:
+            inputs[0] = norm[0]
+            normed[norm[0]] = int(consts[norm[1]].size)
+            inputs += norm[1:]
+        out = node.output[0]
+        gelu = gelu_of(out)
+        if gelu is not None:
+            node.attribute.append(onnx.helper.make_attribute("gelu", 1))
+            replaced.update(n.output[0] for n in gelu)
+            out = gelu[-1].output[0]
+        add = only_reader(out)
+        if add is not None and add.op_type == "Add" and not add.domain:
+            res = other(add, out)  # computed before the op, of the output's shape (no broadcast)
+            # ... the residual stream of this width in a BitLinear ViT, or, where shape inference gets that far,
+            # any tensor of the output's shape; computed before the op. The op checks the shapes when it runs.
+            stream = normed.get(res) == _out_features(consts.get(node.input[1]))
+            if order.get(res, len(g.node)) < order[node.output[0]] and (
+                stream or _same_shape(shapes, res, add.output[0])
+            ):
+                inputs += [""] * (6 - len(inputs)) + [res]
+                replaced.add(add.output[0])
+                out = add.output[0]
+        del node.input[:]
+        node.input.extend(inputs)
+        node.output[0] = out  # the last fused node's output: its readers now read the op's
+    fused = [n for n in g.node if n.op_type == "TernaryLinear" or n.output[0] not in replaced]
+    del g.node[:]
+    g.node.extend(fused)
+    _drop_dead(g, kept_outputs)
+    return proto.SerializeToString()
+
+
+def _shapes(proto) -> dict[str, tuple | None]:
+    """Each tensor's shape as ONNX's shape inference gives it (dims as values or names), where it gives one."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # an inference failure only means no residual is fused
+        return {}
+    out: dict[str, tuple | None] = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        t = v.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in t.shape.dim)
+        out[v.name] = None if None in dims else dims
+    return out
+
+
+def _out_features(w_packed) -> int | None:
+    return int(w_packed.shape[0]) if w_packed is not None and w_packed.ndim == 2 else None
+
+
+def _same_shape(shapes: dict, a: str, b: str) -> bool:
+    """Whether shape inference says a and b have one shape: the same rank, each dimension the same number or unknown
+    in both (the op checks the shapes when it runs)."""
+    sa, sb = shapes.get(a), shapes.get(b)
+    if sa is None or sb is None or len(sa) != len(sb):
+        return False
+    return all(x == y if isinstance(x, int) or isinstance(y, int) else True for x, y in zip(sa, sb, strict=True))
+
+
+def _drop_dead(g, kept: set[str]) -> None:
+    """Nodes none of whose outputs are read any more (the fused-in norms, GELUs and adds), last first."""
+    live = set(kept)
+    keep = []
+    for n in reversed(g.node):
+        if any(o in live for o in n.output):
+            keep.append(n)
+            live.update(n.input)
+    del g.node[:]
+    g.node.extend(reversed(keep))
+    used = [i for i in g.initializer if i.name in live]
+    del g.initializer[:]
+    g.initializer.extend(used)
+
+
+_noted: set[str] = set()
+
+
+def _note(msg: str) -> None:
+    if msg not in _noted:
+        _noted.add(msg)
+        print(msg, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:

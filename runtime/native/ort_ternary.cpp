@@ -3,11 +3,16 @@
 // ternary GEMM on the CPU's best path, g / s and the bias in the epilogue; each block of rows is quantised and
 // multiplied by one thread of the session's intra-op pool while its codes are in cache.
 //
-//   inputs  x float32 [..., K], w_packed uint8 [N, ceil(K / 4)], w_scale float32 [1], bias float32 [N]
+//   inputs  x float32 [..., K], w_packed uint8 [N, ceil(K / 4)], w_scale float32 [1], bias float32 [N];
+//           optional: norm_weight float32 [K] and norm_eps float32 [1] (the RMSNorm in front, applied to x),
+//           residual float32 [..., N] (added to the output)
+//   attribute gelu int (0): GELU on the output, before the residual
 //   output  y float32 [..., N]
 //
-// Unlike the OpenVINO op it takes nothing around it in (the RMSNorm before it, GELU, the residual): ONNX Runtime
-// fuses the norm into one SimplifiedLayerNormalization node of its own. Built against ONNX Runtime's C API only
+// The canonical graph's nodes take only the four inputs; runtime/backends/ort_native.py (fuse) gives each node the
+// norm before it, the GELU after fc1 and the residual add after proj and fc2 as ONNX Runtime opens the model, as
+// the OpenVINO op's conversion does: each task normalises, quantises, multiplies, applies GELU and adds the residual
+// to its block of rows while they are in cache. Built against ONNX Runtime's C API only
 // (third_party/onnxruntime/onnxruntime_c_api.h, API version 21): it loads into ONNX Runtime 1.21 and later.
 
 #include <functional>
@@ -22,10 +27,13 @@ namespace {
 const OrtApi* g_api = nullptr;
 
 struct Kernel {
+    bool gelu = false;
     std::mutex mu;  // guards the re-laid-out weights, made on the first run (weights are initializers)
     const void* source = nullptr;
     std::shared_ptr<Packed> packed;
 };
+
+constexpr size_t kInputs = 7;  // x, w_packed, w_scale, bias, then the optional norm_weight, norm_eps, residual
 
 struct Shape {
     std::vector<int64_t> dims;
@@ -64,25 +72,37 @@ Isa active_isa() {
 
 
 OrtStatus* compute(Kernel& kernel, OrtKernelContext* ctx) {
-    const OrtValue *x = nullptr, *w = nullptr, *g = nullptr, *b = nullptr;
-    for (auto [i, v] : {std::pair<size_t, const OrtValue**>{0, &x}, {1, &w}, {2, &g}, {3, &b}})
-        if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, i, v)) return st;
-    Shape xs, ws, gs, bs;
-    for (auto [v, s] : {std::pair<const OrtValue*, Shape*>{x, &xs}, {w, &ws}, {g, &gs}, {b, &bs}})
-        if (OrtStatus* st = shape_of(v, *s)) return st;
+    size_t count = 0;
+    if (OrtStatus* st = g_api->KernelContext_GetInputCount(ctx, &count)) return st;
+    const OrtValue* in[kInputs] = {};  // an optional input left out stays null
+    Shape shape[kInputs];
+    for (size_t i = 0; i < std::min(count, kInputs); ++i) {
+        if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, i, &in[i])) return st;
+        if (in[i])
+            if (OrtStatus* st = shape_of(in[i], shape[i])) return st;
+    }
+    const Shape &xs = shape[0], &ws = shape[1];
+    if (!in[0] || !in[1] || !in[2] || !in[3]) return fail("TernaryLinear takes x, w_packed, w_scale and bias");
     if (xs.dims.empty() || ws.dims.size() != 2) return fail("TernaryLinear takes x [..., K] and w_packed [N, K/4]");
     const int64_t k = xs.dims.back(), n = ws.dims[0];
     if (ws.dims[1] != (k + 3) / 4) return fail("TernaryLinear: w_packed does not match K");
-    if (bs.count != n) return fail("TernaryLinear: the bias does not have N values");
-    if (gs.count != 1) return fail("TernaryLinear: w_scale must be one value");
-    const float *xd = nullptr, *gd = nullptr, *bd = nullptr;
-    const uint8_t* wd = nullptr;
-    if (OrtStatus* st = data_of(x, xd)) return st;
-    if (OrtStatus* st = data_of(w, wd)) return st;
-    if (OrtStatus* st = data_of(g, gd)) return st;
-    if (OrtStatus* st = data_of(b, bd)) return st;
+    if (shape[3].count != n) return fail("TernaryLinear: the bias does not have N values");
+    if (shape[2].count != 1) return fail("TernaryLinear: w_scale must be one value");
+    if (!in[4] != !in[5]) return fail("TernaryLinear: norm_weight and norm_eps go together");
+    if (in[4] && (shape[4].count != k || shape[5].count != 1))
+        return fail("TernaryLinear: the norm takes K weights and one eps");
     std::vector<int64_t> ys = xs.dims;
     ys.back() = n;
+    if (in[6] && shape[6].dims != ys) return fail("TernaryLinear: the residual's shape is not the output's");
+    const float *xd = nullptr, *gd = nullptr, *bd = nullptr, *gamma = nullptr, *eps = nullptr, *res = nullptr;
+    const uint8_t* wd = nullptr;
+    if (OrtStatus* st = data_of(in[0], xd)) return st;
+    if (OrtStatus* st = data_of(in[1], wd)) return st;
+    if (OrtStatus* st = data_of(in[2], gd)) return st;
+    if (OrtStatus* st = data_of(in[3], bd)) return st;
+    for (auto [i, d] : {std::pair<size_t, const float**>{4, &gamma}, {5, &eps}, {6, &res}})
+        if (in[i])
+            if (OrtStatus* st = data_of(in[i], *d)) return st;
     OrtValue* y = nullptr;
     if (OrtStatus* st = g_api->KernelContext_GetOutput(ctx, 0, ys.data(), ys.size(), &y)) return st;
     float* yd = nullptr;
@@ -101,6 +121,8 @@ OrtStatus* compute(Kernel& kernel, OrtKernelContext* ctx) {
     }
     layer.g = *gd;
     layer.bias = bd;
+    layer.gamma = gamma;
+    layer.eps = eps ? *eps : 0.f;
     const Isa isa = active_isa();
     const int64_t rows = k ? xs.count / k : 0;
     // ONNX Runtime runs `tasks` calls of the worker on its intra-op pool; those that start after the rows are all
@@ -113,8 +135,12 @@ OrtStatus* compute(Kernel& kernel, OrtKernelContext* ctx) {
             ctx, [](void* data, size_t) { (*static_cast<std::function<void()>*>(data))(); },
             static_cast<size_t>(threads), static_cast<size_t>(threads), &fn);
     };
-    for_row_blocks(isa, rows, tasks, spawn,
-                   [&](int64_t m0, int64_t m1) { run_rows(isa, layer, xd + m0 * k, m1 - m0, yd + m0 * n, false); });
+    for_row_blocks(isa, rows, tasks, spawn, [&](int64_t m0, int64_t m1) {
+        float* yb = yd + m0 * n;
+        run_rows(isa, layer, xd + m0 * k, m1 - m0, yb, kernel.gelu);
+        if (res)
+            for (int64_t i = 0, c = (m1 - m0) * n; i < c; ++i) yb[i] += res[m0 * n + i];
+    });
     return status;
 }
 
@@ -123,21 +149,28 @@ struct Op : OrtCustomOp {
         version = ORT_API_VERSION;
         GetName = [](const OrtCustomOp*) { return "TernaryLinear"; };
         GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
-        GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 4; };
+        GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kInputs; };
         GetInputType = [](const OrtCustomOp*, size_t i) {
             return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
         };
         GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
         GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
-        GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+        GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
+            return i < 4 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+        };
         GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
         GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
         GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
         GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
         GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
         GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
-        CreateKernelV2 = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void** kernel) -> OrtStatus* {
-            *kernel = new Kernel();
+        CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                            void** kernel) -> OrtStatus* {
+            auto* made = new Kernel();
+            int64_t gelu = 0;
+            if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, "gelu", &gelu)) api->ReleaseStatus(st);
+            made->gelu = gelu != 0;  // absent: 0
+            *kernel = made;
             return nullptr;
         };
         KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) -> OrtStatus* {

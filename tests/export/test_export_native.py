@@ -90,6 +90,13 @@ def test_ort_native_bundle_runs_edgedfs_op_in_onnx_runtime(checkpoints, tmp_path
     bundle = load_bundle(path)
     model = ort_backend.model_for_bundle(bundle)
     assert model.library == ort_native_lib
+    # each op with its norm (and fc1's GELU, proj's and fc2's residual add) fused in: no norm, GELU or add nodes left
+    nodes = onnx.load_from_string(bytes(model)).graph.node
+    ops = [n for n in nodes if n.op_type == "TernaryLinear"]
+    fused = [(len(n.input), [a.i for a in n.attribute if a.name == "gelu"]) for n in ops]
+    assert fused == [(6, []), (7, []), (6, [1]), (7, [])] * 2, fused
+    ops = [n.op_type for n in nodes]
+    assert not {"Pow", "Sqrt", "Erf"} & set(ops) and ops.count("Add") == 1, ops  # the position embedding's
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
     native = open_classifier(bundle, options=BackendOptions(threads=2)).infer(x)
 

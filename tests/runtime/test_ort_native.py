@@ -7,9 +7,24 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper as oh
 from onnx import numpy_helper
-from test_ov_native import _cases, _cpu_paths, _one_node_model, _reference
+from test_ov_native import (
+    SQRT2,
+    _cases,
+    _cpu_paths,
+    _gelu,
+    _layer,
+    _mlp,
+    _mlp_model,
+    _model,
+    _norm,
+    _one_node_model,
+    _reference,
+    _rms_norm,
+)
 
 from edgedf.runtime.backends import native_build, ort_native
 from edgedf.runtime.backends import ort as ort_backend
@@ -56,6 +71,104 @@ def test_ort_op_is_bit_exact_on_every_cpu_path(ort_native_lib, tmp_path, isa):
         y, ref = _run_on_path(ort_native_lib, isa, model, x, tmp_path), _reference(x, codes, g, bias)
         assert y.shape == ref.shape
         assert np.array_equal(y, ref), f"case {i}: max |dy| {np.abs(y - ref).max()}"
+
+
+def _fused(model) -> tuple[bytes, list]:
+    """The model as the runtime opens a `native` bundle with edgedf's op (ort_native.fuse), and its nodes."""
+    fused = ort_native.fuse(model.SerializeToString())
+    return fused, list(onnx.load_from_string(fused).graph.node)
+
+
+def _gelu_attr(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "gelu"), 0)
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_the_rms_norm_and_gelu_run_in_the_op_on_every_cpu_path(ort_native_lib, tmp_path, isa):
+    # the RMSNorm in front: the kernel's float operations (test_ov_native's _rms_norm), then BitNet's exact codes
+    for i, (x, codes, g, bias) in enumerate(_cases()[:5]):
+        norm = _norm(x, i)
+        model, nodes = _fused(_one_node_model(codes, g, bias, x.shape[1], norm))
+        assert [n.op_type for n in nodes] == ["TernaryLinear"] and len(nodes[0].input) == 6
+        y = _run_on_path(ort_native_lib, isa, model, x, tmp_path)
+        assert np.array_equal(y, _reference(_rms_norm(x, *norm[:2]), codes, g, bias)), f"norm, case {i}"
+    # the GELU after fc1: the same bits on every path, within 1e-6 of GELU with float64 erf
+    for i, (x, codes, g, bias) in enumerate(_cases()[:5]):
+        x = x * np.float32(3) / np.abs(x).max(1, keepdims=True)  # outputs spread over GELU's curved part
+        model, nodes = _fused(_one_node_model(codes, g, bias, x.shape[1], gelu=(SQRT2, 0.5)))
+        assert [(n.op_type, _gelu_attr(n)) for n in nodes] == [("TernaryLinear", 1)]
+        y = _run_on_path(ort_native_lib, isa, model, x, tmp_path)
+        t = _reference(x, codes, g, bias)
+        assert np.abs(y - _gelu(t)).max() <= 1e-6 * max(1.0, np.abs(t).max()), f"gelu, case {i}"
+        if isa != "scalar":
+            assert np.array_equal(y, _run_on_path(ort_native_lib, "scalar", model, x, tmp_path)), f"gelu, case {i}"
+
+
+@pytest.mark.parametrize("isa", _cpu_paths())
+def test_a_vit_mlp_with_its_residual_is_two_ops_on_every_cpu_path(ort_native_lib, tmp_path, isa):
+    # norm -> fc1 -> GELU -> norm -> fc2 -> + x: fc1 with its norm and GELU, fc2 with its norm and the residual; the
+    # same bits as each layer run alone (checked above), plus x in float32
+    for i, (m, k, hidden) in enumerate(((13, 44, 96), (197, 96, 384))):
+        x, layers = _mlp(i, m, k, hidden)
+        (c1, g1, b1, n1), (c2, g2, b2, n2) = layers
+        model, nodes = _fused(_mlp_model(layers, k, residual="x"))
+        assert [(n.op_type, len(n.input), _gelu_attr(n)) for n in nodes] == [
+            ("TernaryLinear", 6, 1),
+            ("TernaryLinear", 7, 0),
+        ]
+        y = _run_on_path(ort_native_lib, isa, model, x, tmp_path)
+        h = _run_on_path(ort_native_lib, isa, _fused(_one_node_model(c1, g1, b1, k, n1, (SQRT2, 0.5)))[0], x, tmp_path)
+        fc2 = _fused(_one_node_model(c2, g2, b2, hidden, n2))[0]
+        assert np.array_equal(y, _run_on_path(ort_native_lib, isa, fc2, h, tmp_path) + x), f"case {i}"
+
+
+@pytest.mark.parametrize(
+    "norm, gelu, residual",
+    [((4.0, -1), None, None), ((2.0, 0), None, None), (None, (2.0, 0.5), None), (None, (SQRT2, 0.25), None),
+     (None, None, ("r", [96])), (None, None, ("r", [1, 96]))],
+    ids=["norm-not-a-square", "norm-other-axis", "gelu-divisor-2", "gelu-half-0.25", "add-vector", "add-one-row"],
+)  # fmt: skip
+def test_only_the_norm_gelu_and_residual_themselves_are_fused(ort_native_lib, norm, gelu, residual):
+    # look-alikes (another exponent or axis, another GELU constant, an Add that broadcasts) stay in stock ops, and
+    # the model gives what it gives without the fusion
+    x, codes, g, bias = _cases()[1]
+    x, codes, bias = x[:, :96], codes[:96, :96], bias[:96]
+    if norm:
+        norm = (*_norm(x, 0)[:2], *norm)
+    nodes, inits = _layer("", "x", "t" if residual else "y", codes, g, bias, norm, gelu)
+    inputs = ()
+    if residual:
+        nodes.append(oh.make_node("Add", [residual[0], "t"], ["y"]))
+        inputs = (residual,)
+    model = _model(nodes, inits, 96, 96, inputs)
+    fused, fused_nodes = _fused(model)
+    assert [len(n.input) for n in fused_nodes if n.op_type == "TernaryLinear"] == [4]
+    assert len(fused_nodes) == len(model.graph.node) and not any(_gelu_attr(n) for n in fused_nodes)
+    feeds = {"x": x}
+    if residual:
+        feeds["r"] = np.random.default_rng(3).standard_normal(residual[1]).astype(np.float32)
+    y = _session(fused, ort_native_lib).run(feeds)[0]
+    assert np.array_equal(y, _session(model.SerializeToString(), ort_native_lib).run(feeds)[0])
+
+
+def test_without_onnx_the_graph_runs_as_it_is(monkeypatch, capsys):
+    # a device without the onnx package: the op without the norm, GELU and residual fused in, and one line saying so
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    x, codes, g, bias = _cases()[1]
+    model = _one_node_model(codes, g, bias, x.shape[1], _norm(x, 0)).SerializeToString()
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    monkeypatch.setattr(ort_native, "_noted", set())
+    assert ort_native.fuse(model) == model
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "onnx is not installed" in err
 
 
 def test_threads_and_batch_shapes_do_not_change_a_bit(ort_native_lib):
