@@ -11,12 +11,14 @@ interleaved rounds (each round runs every column once: one column timed alone af
 this shared host as its own, 2 of 3 runs on 12-03) and sums each node's kernel time by what it does:
 
     linears            fp32: MatMul with a weight initializer; int8-exact: MatMulIntegerToFloat (int8 x ternary);
-                       native: edgedf's TernaryLinear op (codes, GEMM and epilogue in one; runtime/native)
+                       native: edgedf's TernaryLinear op (norm, codes, GEMM, epilogue, fc1's GELU and the
+                       residual add in one; runtime/native)
     linear bias        fp32: the Add of a linear's bias (ternary: in the epilogue below)
     per-token quantise int8-exact (and the ONNX functions): Abs, ReduceMax, Max, 127 / absmax, x * s,
                        QuantizeLinear (the functions also compute a run-time 1: Size, Greater, Cast)
     epilogue           int8-exact (and the ONNX functions): / s per token, + bias
-    BitLinear norm     ternary: the RMSNorm in front of every BitLinear (SimplifiedLayerNormalization, fused)
+    BitLinear norm     ternary: the RMSNorm in front of every BitLinear (SimplifiedLayerNormalization, fused;
+                       native: in the op)
     the rest           all: attention, GELU, residual adds, LayerNorm, the patch embedding
 
 ONNX Runtime runs a graph's nodes one after another on this path, so the kernel times add up to about the wall
