@@ -162,10 +162,11 @@ def fuse(model: bytes) -> bytes:
             out = gelu[-1].output[0]
         add = only_reader(out)
         if add is not None and add.op_type == "Add" and not add.domain:
-            res = other(add, out)  # computed before the op, of the output's shape (no broadcast)
-            # ... the residual stream of this width in a BitLinear ViT, or, where shape inference gets that far,
-            # any tensor of the output's shape; computed before the op. The op checks the shapes when it runs.
-            stream = normed.get(res) == _out_features(consts.get(node.input[1]))
+            # the residual: computed before the op, and the residual stream of the output's width in a BitLinear
+            # ViT or, where shape inference gets that far, any tensor of the output's shape (never a broadcast).
+            # The op checks the shapes when it runs.
+            res = other(add, out)
+            stream = res in normed and normed[res] == _out_features(consts.get(node.input[1]))
             if order.get(res, len(g.node)) < order[node.output[0]] and (
                 stream or _same_shape(shapes, res, add.output[0])
             ):
