@@ -24,6 +24,7 @@ from test_ov_native import (
     _one_node_model,
     _reference,
     _rms_norm,
+    pack,
 )
 
 from edgedf.runtime.backends import native_build, ort_native
@@ -149,6 +150,22 @@ def test_only_the_norm_gelu_and_residual_themselves_are_fused(ort_native_lib, no
         feeds["r"] = np.random.default_rng(3).standard_normal(residual[1]).astype(np.float32)
     y = _session(fused, ort_native_lib).run(feeds)[0]
     assert np.array_equal(y, _session(model.SerializeToString(), ort_native_lib).run(feeds)[0])
+
+
+def test_the_fused_inputs_are_checked_when_the_op_runs(ort_native_lib):
+    # a residual that is not of the output's shape, a norm weight that is not K long: one-line errors, not a crash
+    x, codes, g, bias = _cases()[1]
+    k, n = x.shape[1], len(bias)
+    node = oh.make_node("TernaryLinear", ["x", "w", "g", "b", "gamma", "eps", "r"], ["y"], domain="edgedf")
+    for gamma_len, r_shape, words in ((k, [1, n], "the residual's shape is not the output's"),
+                                      (k - 1, ["m", n], "the norm takes K weights and one eps")):  # fmt: skip
+        inits = [numpy_helper.from_array(a, name) for a, name in (
+            (pack(codes), "w"), (np.asarray(g, np.float32), "g"), (bias, "b"),
+            (np.ones(gamma_len, np.float32), "gamma"), (np.float32(1e-6), "eps"))]  # fmt: skip
+        model = _model([node], inits, k, n, (("r", r_shape),)).SerializeToString()
+        r = np.zeros([len(x) if d == "m" else d for d in r_shape], np.float32)
+        with pytest.raises(Exception, match=words):
+            _session(model, ort_native_lib).run({"x": x, "r": r})
 
 
 def test_without_onnx_the_graph_runs_as_it_is(monkeypatch, capsys):
