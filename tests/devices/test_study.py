@@ -37,7 +37,7 @@ def test_study_on_tiny_checkpoints(tmp_path, labelled, coin_flip):
     # the comparison renders: a checkpoints table and the comparison table, plots embedded
     md = (out / "study.md").read_text()
     assert "Δ AUC frame" in md and "int8-qat" in md
-    assert "3 timed runs per batch size after 10 warm-up" in md and "flags" in md and "onnxruntime" in md
+    assert "3 timed runs per batch size after 10 warm-up" in md and "flags" in md and "backends: ort " in md
 
     class P(HTMLParser):
         imgs = 0
