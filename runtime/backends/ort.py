@@ -72,7 +72,8 @@ class NativeModel(bytes):
 
 def model_for_bundle(bundle) -> Path | bytes:
     """A bundle's ONNX as it is, except `native` (the canonical graph): its TernaryLinear nodes run in edgedf's kernel
-    (ort_native), built on first use; where it cannot be built or would not pay, ONNX Runtime runs the ONNX function
+    (ort_native), built on first use, each with the norm, GELU and residual add around it taken in (ort_native.fuse);
+    where it cannot be built or would not pay, ONNX Runtime runs the ONNX function
     each node carries (int8 stock ops: the same codes, int8-exact's speed), with one line on stderr saying why."""
     if bundle.manifest.get("lowering") != "native":
         return bundle.entry
