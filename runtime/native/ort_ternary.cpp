@@ -138,8 +138,7 @@ OrtStatus* compute(Kernel& kernel, OrtKernelContext* ctx) {
     for_row_blocks(isa, rows, tasks, spawn, [&](int64_t m0, int64_t m1) {
         float* yb = yd + m0 * n;
         run_rows(isa, layer, xd + m0 * k, m1 - m0, yb, kernel.gelu);
-        if (res)
-            for (int64_t i = 0, c = (m1 - m0) * n; i < c; ++i) yb[i] += res[m0 * n + i];
+        if (res) add_residual(yb, res + m0 * n, (m1 - m0) * n);
     });
     return status;
 }

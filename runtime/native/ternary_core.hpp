@@ -380,6 +380,11 @@ __attribute__((target("avx512f"))) static void gelu_avx512(float* y, int64_t n) 
 #undef EDGEDF_GELU_LOOP
 #endif
 
+// y += r over n values: the residual add after a layer, on its block of rows while they are in cache
+static void add_residual(float* y, const float* r, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += r[i];
+}
+
 static void gelu_inplace(Isa isa, float* y, int64_t n) {
 #if defined(__x86_64__)
     if (zmm_path(isa)) return gelu_avx512(y, n);

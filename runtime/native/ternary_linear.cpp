@@ -169,8 +169,7 @@ public:
             } else {
                 run_rows(isa, first, xd + m0 * k, m1 - m0, yb, gelu_);
             }
-            if (res)
-                for (int64_t i = 0, count = (m1 - m0) * n; i < count; ++i) yb[i] += res[m0 * n + i];
+            if (res) add_residual(yb, res + m0 * n, (m1 - m0) * n);
             if (heads_) write_heads(yb, m0, m1, n, tokens, head_dim, ysplit);
         });
         return true;

@@ -22,9 +22,11 @@ from test_ov_native import (
     _model,
     _norm,
     _one_node_model,
+    _python_on_path,
     _reference,
     _rms_norm,
     pack,
+    path_name,
 )
 
 from edgedf.runtime.backends import native_build, ort_native
@@ -47,15 +49,8 @@ def _run_on_path(lib, isa, model: bytes, x, tmp_path, threads=2):
     """The model's output on one CPU path, in its own process (the kernel picks its path once per process)."""
     (tmp_path / "m.onnx").write_bytes(model)
     np.save(tmp_path / "x.npy", x)
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, str(lib), "m.onnx", "x.npy", "y.npy", str(threads)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "EDGEDF_TERNARY_ISA": isa},
-        cwd=tmp_path,  # not the checkout, whose edgedf/ would shadow an installed wheel
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8", "avxvnni": "avx-vnni"}.get(isa, isa)
+    out = _python_on_path(isa, RUN_ONE, lib, "m.onnx", "x.npy", "y.npy", threads, cwd=tmp_path)
+    assert out.split()[-1] == path_name(isa)
     return np.load(tmp_path / "y.npy")
 
 

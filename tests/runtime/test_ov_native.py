@@ -170,6 +170,11 @@ def _cpu_paths():
 ZMM_PATHS = ("avx512", "amx")  # the paths that run edgedf's own attention
 
 
+def path_name(isa: str) -> str:
+    """The name the kernel gives the path that EDGEDF_TERNARY_ISA=isa forces (cpu_path)."""
+    return {"avx512": "avx512-vnni", "amx": "amx-int8", "avxvnni": "avx-vnni"}.get(isa, isa)
+
+
 def _python_on_path(isa, script: str, *args, cwd) -> str:
     """What `python -c script args` prints in its own process on one CPU path: the kernel picks its path once per
     process (EDGEDF_TERNARY_ISA forces one)."""
@@ -190,7 +195,7 @@ def _run_on_path(lib, isa, model: bytes, x, tmp_path, every=False):
     (tmp_path / "m.onnx").write_bytes(model)
     np.save(tmp_path / "x.npy", x)
     out = _python_on_path(isa, RUN_ONE, lib, "m.onnx", "x.npy", "y.npz", cwd=tmp_path)
-    assert out.split()[-1] == {"avx512": "avx512-vnni", "amx": "amx-int8", "avxvnni": "avx-vnni"}.get(isa, isa)
+    assert out.split()[-1] == path_name(isa)
     with np.load(tmp_path / "y.npz") as f:
         outs = [f[f"arr_{i}"] for i in range(len(f.files))]
     return outs if every else outs[0]
